@@ -1,0 +1,60 @@
+# The io_uring lab. `make run L=07` runs a lesson; `make test` runs every test.
+# Both install what they need first (liburing-dev, with apt-get) and build from scratch.
+
+SWIFT ?= swift
+L ?=
+ARGS ?=
+
+.PHONY: help setup build test run list clean
+
+help:
+	@echo "make run L=NN [ARGS='...']  build and run lesson NN (e.g. make run L=07)"
+	@echo "make test                   set up, build, and run every lesson's test"
+	@echo "make list                   the lessons, with the kernel each needs"
+	@echo "make setup                  install liburing-dev if pkg-config cannot find liburing"
+	@echo "make build                  build every lesson"
+	@echo "make clean                  remove the build directory"
+
+# liburing comes from Debian/Ubuntu's liburing-dev (2.3 on Debian 12); pkg-config finds it.
+setup:
+	@command -v $(SWIFT) >/dev/null || { echo "error: '$(SWIFT)' not found: install Swift 6 (https://www.swift.org/install/linux/)"; exit 1; }
+	@if command -v pkg-config >/dev/null && pkg-config --exists liburing; then \
+		echo "setup: liburing $$(pkg-config --modversion liburing) found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "setup: installing liburing-dev and pkg-config with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq liburing-dev pkg-config >/dev/null \
+			&& echo "setup: liburing $$(pkg-config --modversion liburing) installed"; \
+	else \
+		echo "error: liburing is not installed, and installing it needs root:"; \
+		echo "    sudo apt-get install liburing-dev pkg-config    (or: sudo make setup)"; \
+		exit 1; \
+	fi
+
+build: setup
+	$(SWIFT) build
+
+test: build
+	$(SWIFT) test
+
+# L may be 7 or 07; the lesson is found by its number alone.
+run: setup
+	@test -n "$(L)" || { echo "usage: make run L=NN [ARGS='...']   (make list shows the lessons)"; exit 1; }
+	@num=$$(printf '%02d' "$$(echo $(L) | sed 's/^0*\([0-9]\)/\1/')" 2>/dev/null); \
+	name=$$(cd Sources && ls -d lesson-$$num-* 2>/dev/null | head -n 1); \
+	test -n "$$name" || { echo "error: there is no lesson $(L) (make list shows the lessons)"; exit 1; }; \
+	$(SWIFT) build --quiet --product $$name || exit 1; \
+	status=0; "$$($(SWIFT) build --show-bin-path)/$$name" $(ARGS) || status=$$?; \
+	if [ $$status = 77 ]; then echo "($$name was skipped on this machine: exit 77)"; exit 0; fi; \
+	exit $$status
+
+list:
+	@for prose in lessons/[0-9][0-9]-*.md; do \
+		slug=$$(basename $$prose .md); \
+		kernel=$$(sed -n 's/^\*\*Kernel:\*\* *Linux \([0-9.]*\).*/\1/p' $$prose | head -n 1); \
+		title=$$(head -n 1 $$prose | sed 's/^# Lesson [0-9]* — //'); \
+		printf '%-34s Linux %-5s %s\n' "lesson-$$slug" "$$kernel" "$$title"; \
+	done
+
+clean:
+	rm -rf .build

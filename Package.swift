@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+// The io_uring lab: one executable per lesson, a tiny helper module, and the tests that run them.
+import PackageDescription
+
+/// Every lesson, in order. Each is `Sources/<name>/main.swift`, prose in `lessons/NN-slug.md`,
+/// and a test in `Tests/LessonTests`.
+let lessons = [
+    "lesson-01-ring-setup",
+    "lesson-02-probe",
+    "lesson-03-nop-and-user-data",
+    "lesson-04-read-file",
+    "lesson-05-write-file",
+    "lesson-06-batching",
+    "lesson-07-linked-ops",
+]
+
+let package = Package(
+    name: "IoUringLab",
+    products: lessons.map { .executable(name: $0, targets: [$0]) },
+    targets: [
+        // liburing, found with pkg-config; `make setup` installs Debian's liburing-dev.
+        .systemLibrary(
+            name: "CLiburing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        // What every lesson would otherwise repeat: ring ownership, errno names, printing CQEs,
+        // skips, temp files, arguments. Never the io_uring call a lesson is about.
+        .target(name: "LabSupport", dependencies: ["CLiburing"]),
+        .testTarget(name: "LessonTests"),
+    ] + lessons.map { name in
+        .executableTarget(name: name, dependencies: ["CLiburing", "LabSupport"])
+    },
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,228 @@
+// The test harness: run a lesson's real executable and hold its output against the
+// "Expected output" block of its prose, lessons/NN-slug.md. The prose is the oracle, so the
+// program and what the learner reads about it cannot drift apart.
+//
+// In an expected block every line must match one output line, in order, with nothing extra:
+//   {name}   a placeholder: matches any non-empty text within the line (an fd, a time, ...)
+//   ...      a line of its own: matches any number of output lines, none included
+// Everything else matches literally.
+
+import Foundation
+import XCTest
+
+/// The package's root directory, found from this file's path.
+let packageRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// One lesson, found by its number alone: `Sources/lesson-NN-*`, `lessons/NN-*.md`, and the
+/// executable `swift build` put next to this test bundle.
+struct Lesson {
+    let number: String
+    let name: String  // lesson-07-linked-ops
+
+    init(_ number: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        self.number = number
+        let sources = try FileManager.default.contentsOfDirectory(atPath: packageRoot.path + "/Sources")
+        guard let name = sources.first(where: { $0.hasPrefix("lesson-\(number)-") }) else {
+            throw HarnessError("no Sources/lesson-\(number)-* directory")
+        }
+        self.name = name
+    }
+
+    var slug: String { String(name.dropFirst("lesson-".count)) }  // 07-linked-ops
+    var prose: URL { packageRoot.appendingPathComponent("lessons/\(slug).md") }
+    var executable: URL { Bundle.main.bundleURL.appendingPathComponent(name) }
+
+    /// Run the lesson with `arguments`, in a private $TMPDIR, for at most `timeout` seconds.
+    /// Fails the test if the lesson left anything in that $TMPDIR.
+    func run(_ arguments: [String] = [], timeout: TimeInterval = 30) throws -> Run {
+        guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+            throw HarnessError("\(executable.path) is not built: run `swift build` (or `make test`) first")
+        }
+        let scratch = FileManager.default.temporaryDirectory
+            .appendingPathComponent("lesson-test-\(number)-\(UUID().uuidString)")
+        let tmpdir = scratch.appendingPathComponent("tmp")
+        try FileManager.default.createDirectory(at: tmpdir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let outURL = scratch.appendingPathComponent("stdout")
+        let errURL = scratch.appendingPathComponent("stderr")
+        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        let out = try FileHandle(forWritingTo: outURL)
+        let err = try FileHandle(forWritingTo: errURL)
+        defer { try? out.close(); try? err.close() }
+
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmpdir.path]) { $1 }
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = out
+        process.standardError = err
+        let started = Date()
+        try process.run()
+        while process.isRunning && Date().timeIntervalSince(started) < timeout {
+            usleep(5_000)
+        }
+        let timedOut = process.isRunning
+        if timedOut {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let run = Run(
+            command: ([name] + arguments).joined(separator: " "),
+            status: process.terminationStatus,
+            crashed: process.terminationReason == .uncaughtSignal,
+            stdout: try String(contentsOf: outURL, encoding: .utf8),
+            stderr: try String(contentsOf: errURL, encoding: .utf8),
+            seconds: Date().timeIntervalSince(started))
+        if timedOut {
+            throw HarnessError("\(run.command) did not finish within \(Int(timeout)) s\n\(run.transcript)")
+        }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: tmpdir.path)
+        XCTAssertEqual(leftovers, [], "\(run.command) left files behind in $TMPDIR")
+        return run
+    }
+
+    /// The fenced block under "## Expected output" in the lesson's prose.
+    func expectedOutput() throws -> [String] {
+        let text = try String(contentsOf: prose, encoding: .utf8)
+        var lines = text.components(separatedBy: "\n")[...]
+        guard let heading = lines.firstIndex(where: { $0.hasPrefix("## Expected output") }) else {
+            throw HarnessError("\(prose.lastPathComponent) has no \"## Expected output\" section")
+        }
+        lines = lines[(heading + 1)...]
+        guard let open = lines.firstIndex(where: { $0.hasPrefix("```") }),
+              let close = lines[(open + 1)...].firstIndex(where: { $0.hasPrefix("```") })
+        else {
+            throw HarnessError("\(prose.lastPathComponent): no fenced block under \"## Expected output\"")
+        }
+        return Array(lines[(open + 1)..<close])
+    }
+
+    /// Run with no arguments: exit 0 and output matching the prose's expected block, or a skip
+    /// (exit 77) reported as a skipped test. Returns the run for further assertions.
+    @discardableResult
+    func runAndCompareWithProse(_ arguments: [String] = [],
+                                file: StaticString = #filePath, line: UInt = #line) throws -> Run {
+        let run = try run(arguments)
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, "exit status\n\(run.transcript)", file: file, line: line)
+        let expected = try expectedOutput()
+        if let mismatch = OutputPattern(expected).mismatch(in: run.stdoutLines) {
+            XCTFail("\(run.command): output does not match the expected output in "
+                + "lessons/\(slug).md\n\(mismatch)\n\(run.transcript)", file: file, line: line)
+        }
+        return run
+    }
+}
+
+/// What one run of a lesson did.
+struct Run {
+    let command: String
+    let status: Int32
+    let crashed: Bool
+    let stdout: String
+    let stderr: String
+    let seconds: TimeInterval
+
+    var stdoutLines: [String] {
+        var lines = stdout.components(separatedBy: "\n")
+        if lines.last == "" { lines.removeLast() }
+        return lines
+    }
+
+    var transcript: String {
+        "--- \(command): exit \(status)\(crashed ? " (signal)" : "") after "
+            + String(format: "%.2f", seconds) + " s\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)---"
+    }
+
+    /// A lesson that exits 77 could not run here: the test is skipped, with the lesson's reason.
+    func skipIfSkipped() throws {
+        if status == 77 && !crashed {
+            let reason = stdoutLines.first { $0.hasPrefix("SKIP:") } ?? "exit 77 without a SKIP: line"
+            throw XCTSkip("\(command): \(reason)")
+        }
+    }
+
+    /// The bad-input contract: exit 1 and exactly one line on stderr, `error: ...` containing
+    /// every string in `mentions`.
+    func assertError(mentioning mentions: String..., file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertFalse(crashed, "crashed\n\(transcript)", file: file, line: line)
+        XCTAssertEqual(status, 1, "exit status\n\(transcript)", file: file, line: line)
+        var lines = stderr.components(separatedBy: "\n")
+        if lines.last == "" { lines.removeLast() }
+        XCTAssertEqual(lines.count, 1, "expected one line on stderr\n\(transcript)", file: file, line: line)
+        XCTAssert(lines.first?.hasPrefix("error: ") == true, "stderr must start with error:\n\(transcript)",
+                  file: file, line: line)
+        for mention in mentions {
+            XCTAssert(stderr.contains(mention), "error line lacks \(mention)\n\(transcript)",
+                      file: file, line: line)
+        }
+    }
+}
+
+/// An expected-output block compiled to line patterns.
+struct OutputPattern {
+    enum Line {
+        case anyLines
+        case pattern(NSRegularExpression, source: String)
+    }
+    let lines: [Line]
+
+    init(_ expected: [String]) {
+        lines = expected.map { text in
+            if text.trimmingCharacters(in: .whitespaces) == "..." { return .anyLines }
+            // Literal text, with each {placeholder} standing for any non-empty text.
+            var regex = "^"
+            var rest = text[...]
+            while let open = rest.firstIndex(of: "{"),
+                  let close = rest[open...].firstIndex(of: "}"),
+                  rest.index(after: open) < close {
+                regex += NSRegularExpression.escapedPattern(for: String(rest[..<open])) + ".+?"
+                rest = rest[rest.index(after: close)...]
+            }
+            regex += NSRegularExpression.escapedPattern(for: String(rest)) + "$"
+            return .pattern(try! NSRegularExpression(pattern: regex), source: text)
+        }
+    }
+
+    /// nil if `output` matches; otherwise a description of the first expected line that
+    /// could not be matched in order.
+    func mismatch(in output: [String]) -> String? {
+        if matches(output[...], lines[...]) { return nil }
+        // Explain: walk forward as far as the expected lines can be found in order.
+        var position = 0
+        for line in lines {
+            guard case let .pattern(regex, source) = line else { continue }
+            guard let found = output[position...].firstIndex(where: { Self.matches(regex, $0) }) else {
+                return "expected line not found (in order): \(source)"
+            }
+            position = found + 1
+        }
+        return "every expected line appears, but the output has lines the prose does not show "
+            + "(add them to the expected block, or a `...` line where output varies)"
+    }
+
+    private func matches(_ output: ArraySlice<String>, _ pattern: ArraySlice<Line>) -> Bool {
+        guard let first = pattern.first else { return output.isEmpty }
+        switch first {
+        case .anyLines:
+            return (output.startIndex...output.endIndex).contains {
+                matches(output[$0...], pattern.dropFirst())
+            }
+        case let .pattern(regex, _):
+            guard let line = output.first, Self.matches(regex, line) else { return false }
+            return matches(output.dropFirst(), pattern.dropFirst())
+        }
+    }
+
+    private static func matches(_ regex: NSRegularExpression, _ line: String) -> Bool {
+        regex.firstMatch(in: line, range: NSRange(line.startIndex..., in: line)) != nil
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
