@@ -1,1 +1,208 @@
-print("todo")
+// Lesson 07: linked operations
+//
+// Requests submitted together are independent: the kernel may start them in any order and
+// run them at the same time, so "write, then fsync, then read it back" as three plain SQEs is
+// a race. Setting IOSQE_IO_LINK on an SQE ties the NEXT SQE to it: the next one starts only
+// after this one has completed, and only if it succeeded. A run of linked SQEs is a chain;
+// the first SQE without the flag ends it. If a link fails, every link after it completes with
+// -ECANCELED without running. "Fails" means any unexpected result, so a short read, which is
+// not an error for read(2), breaks a chain too. IOSQE_IO_HARDLINK orders the same way but
+// does not care about results: the chain goes on after a failure.
+//
+// This lesson runs one chain of each kind on a temp file and prints every CQE in the order it
+// arrived, in one submit per chain.
+//
+// Read next: man 3 io_uring_sqe_set_flags, man 2 io_uring_enter (IOSQE_IO_LINK,
+// IOSQE_IO_HARDLINK), man 3 io_uring_prep_fsync.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLiburing
+import LabSupport
+
+_ = lessonArguments(usage: "lesson-07-linked-ops", max: 0)
+
+// MARK: - 1. A ring, a temp file, and two fds on it
+//
+// IORING_OP_READ and IORING_OP_WRITE came in Linux 5.6 (FSYNC in 5.1, links in 5.3,
+// hard links in 5.5), so a kernel that has the first two has everything this lesson uses.
+// The fds come from plain open(2): opening is not what this lesson is about (lesson 04 does
+// it through the ring). `readOnly` is the same file opened for reading only; writing through
+// it is the failure we will provoke.
+
+let ring = makeRing(entries: 8)
+requireOpcodes(ring, IORING_OP_WRITE, IORING_OP_READ, IORING_OP_FSYNC)
+
+let path = makeTempFile(named: "chain.txt", contents: [])
+let readWrite = open(path, O_RDWR)
+let readOnly = open(path, O_RDONLY)
+guard readWrite >= 0, readOnly >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+
+// The buffers the kernel reads from and writes into. They must stay at one address until the
+// CQE of the request that uses them has arrived, and a linked request may run long after
+// io_uring_submit has returned, so they are allocated on the heap (never `&array`, which is
+// valid for one call only) and freed at the end, after every chain has completed.
+
+let text = Array("linked: written, synced, read back\n".utf8)
+let writeBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: text.count, alignment: 8)
+writeBuffer.copyBytes(from: text)
+let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+let extra = Array("never written\n".utf8)
+let extraBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: extra.count, alignment: 8)
+extraBuffer.copyBytes(from: extra)
+
+// Labels for the CQEs, by user_data: the CQE carries nothing else that says which request it
+// answers.
+var labels: [UInt64: String] = [:]
+var nextUserData: UInt64 = 1
+
+/// Take the next SQE. A chain must be submitted whole (a link never crosses submits), so a
+/// full SQ would be a bug here: each chain has at most 3 SQEs, the ring 8, and every chain is
+/// submitted and reaped before the next one is prepared.
+func nextSQE(_ ring: UnsafeMutablePointer<io_uring>) -> UnsafeMutablePointer<io_uring_sqe> {
+    guard let sqe = io_uring_get_sqe(ring) else { fail("the SQ is full") }
+    return sqe
+}
+
+/// Give `sqe` the next user_data and remember what it is for.
+func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String,
+         _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) {
+    io_uring_sqe_set_data64(sqe, nextUserData)
+    labels[nextUserData] = label
+    nextUserData += 1
+}
+
+/// Submit the prepared chain with one io_uring_submit, wait for `count` CQEs, and print them
+/// in the order they arrived. Returns copies of the CQEs in that order.
+func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: [UInt64: String]) -> [io_uring_cqe] {
+    let submitted = io_uring_submit(ring)
+    print("io_uring_submit = \(describe(res: submitted))")
+    guard submitted == count else { fail("expected to submit \(count) SQEs") }
+    var arrived: [io_uring_cqe] = []
+    for position in 1...count {
+        var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
+        let ret = io_uring_wait_cqe(ring, &cqePointer)
+        guard ret == 0, let pointer = cqePointer else {
+            fail("io_uring_wait_cqe returned \(describe(res: ret))")
+        }
+        let cqe = pointer.pointee  // copy it before handing the slot back
+        io_uring_cqe_seen(ring, pointer)
+        printCQE(cqe, "CQE \(position): \(labels[cqe.user_data] ?? "?")")
+        arrived.append(cqe)
+    }
+    return arrived
+}
+
+// MARK: - 2. write -> fsync -> read, linked
+//
+// Three SQEs, the first two with IOSQE_IO_LINK. The kernel starts the write; only when it has
+// completed successfully does the fsync start; only after that the read. The read has no
+// link flag, so the chain ends with it. (It is the last link, so a short read here would
+// cancel nothing; we ask for exactly the bytes we wrote anyway.)
+
+print("write -> fsync -> read, linked with IOSQE_IO_LINK:")
+var sqe = nextSQE(ring)
+io_uring_prep_write(sqe, readWrite, writeBuffer.baseAddress, UInt32(text.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+tag(sqe, "write", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_fsync(sqe, readWrite, 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+tag(sqe, "fsync", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
+tag(sqe, "read", &labels, &nextUserData)
+
+let ordered = submitAndPrint(ring, count: 3, labels: labels)
+if let read = ordered.last, read.res > 0 {
+    print("read back: \(quoted(readBuffer.prefix(Int(read.res))))")
+}
+
+// MARK: - 3. A failing link cancels the rest
+//
+// The same chain, but the write goes through `readOnly`. The write fails with -EBADF (the fd
+// is not open for writing), so the fsync and the read never start: each completes with
+// -ECANCELED. They still get a CQE each, so every request is accounted for.
+
+print("the same chain, writing through a read-only fd:")
+sqe = nextSQE(ring)
+io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+tag(sqe, "write", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_fsync(sqe, readOnly, 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+tag(sqe, "fsync", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
+tag(sqe, "read", &labels, &nextUserData)
+
+_ = submitAndPrint(ring, count: 3, labels: labels)
+
+// MARK: - 4. A short read breaks a chain too
+//
+// read(2) returning fewer bytes than asked is normal, not an error. In a chain io_uring
+// treats it as one: the read asked for 4096 bytes, the file holds fewer, so the linked write
+// after it is cancelled. A chain means "do the next step if this one did all it was asked".
+// We check the file's size afterwards with fstat(2): the write never happened.
+
+print("a read asking for more than the file holds, linked to a write:")
+sqe = nextSQE(ring)
+io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+tag(sqe, "read 4096", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_write(sqe, readWrite, extraBuffer.baseAddress, UInt32(extra.count), UInt64(text.count))
+tag(sqe, "write", &labels, &nextUserData)
+
+_ = submitAndPrint(ring, count: 2, labels: labels)
+var info = stat()
+guard fstat(readWrite, &info) == 0 else { fail("fstat: \(errnoName(errno))") }
+print("file size after: \(info.st_size) bytes")
+
+// MARK: - 5. IOSQE_IO_HARDLINK: the chain goes on after a failure
+//
+// The chain of section 3 again, with IOSQE_IO_HARDLINK instead of IOSQE_IO_LINK. The order
+// is kept (fsync after write, read after fsync) but the write's -EBADF does not cancel
+// anything: the fsync and the read run, and the read shows the file as section 2 left it.
+// (A hard link does break if a request cannot even be submitted, e.g. a malformed SQE; an
+// error in the result is what it survives. man 2 io_uring_enter.)
+
+print("the failing chain with IOSQE_IO_HARDLINK:")
+sqe = nextSQE(ring)
+io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+tag(sqe, "write", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_fsync(sqe, readOnly, 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+tag(sqe, "fsync", &labels, &nextUserData)
+
+sqe = nextSQE(ring)
+io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
+tag(sqe, "read", &labels, &nextUserData)
+
+let hard = submitAndPrint(ring, count: 3, labels: labels)
+if let read = hard.last, read.res > 0 {
+    print("read back: \(quoted(readBuffer.prefix(Int(read.res))))")
+}
+
+// MARK: - 6. Cleaning up
+//
+// Every CQE has arrived, so the kernel is done with the buffers: only now may they be freed.
+
+writeBuffer.deallocate()
+readBuffer.deallocate()
+extraBuffer.deallocate()
+close(readWrite)
+close(readOnly)
+destroyRing(ring)

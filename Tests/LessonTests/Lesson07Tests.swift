@@ -1,0 +1,27 @@
+import XCTest
+
+final class Lesson07Tests: XCTestCase {
+    /// The ordered write -> fsync -> read chain with its read-back text, the broken chain's
+    /// -ECANCELEDs (after -EBADF and after a short read), and the hard-linked chain that keeps
+    /// going: the expected block of lessons/07-linked-ops.md.
+    func testLinkedChains() throws {
+        let run = try Lesson("07").runAndCompareWithProse()
+        // The lines that prove the lesson, asserted again in case the prose block is edited.
+        let lines = run.stdoutLines
+        for line in [
+            "CQE 1: write: user_data=1 res=35 flags=0",
+            "CQE 2: fsync: user_data=2 res=0 flags=0",
+            "CQE 3: read: user_data=3 res=35 flags=0",
+            "CQE 3: read: user_data=6 res=-ECANCELED (-125) flags=0",
+            "CQE 2: write: user_data=8 res=-ECANCELED (-125) flags=0",
+            "CQE 2: fsync: user_data=10 res=0 flags=0",
+            "CQE 3: read: user_data=11 res=35 flags=0",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+    }
+
+    func testRejectsArguments() throws {
+        try Lesson("07").run(["extra"]).assertError(mentioning: "too many arguments", "usage")
+    }
+}
