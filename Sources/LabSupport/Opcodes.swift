@@ -38,7 +38,9 @@ public func requireOpcodes(_ ring: UnsafeMutablePointer<io_uring>, _ opcodes: io
         skip("this kernel cannot be probed for opcodes (IORING_REGISTER_PROBE needs Linux 5.6)")
     }
     defer { io_uring_free_probe(probe) }
-    for opcode in opcodes where io_uring_opcode_supported(probe, Int32(opcode.rawValue)) == 0 {
+    // The probe holds 256 entries; io_uring_opcode_supported only checks against last_op.
+    for opcode in opcodes where opcode.rawValue > 255
+        || io_uring_opcode_supported(probe, Int32(opcode.rawValue)) == 0 {
         let since = Int(opcode.rawValue) < opcodeTable.count ? opcodeTable[Int(opcode.rawValue)].since : "?"
         skip("this kernel does not support \(opcodeName(opcode.rawValue)) (added in Linux \(since))")
     }
