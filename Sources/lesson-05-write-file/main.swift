@@ -1,1 +1,217 @@
-print("todo")
+// Lesson 05: writing a file
+//
+// IORING_OP_WRITE is pwrite(2) as a request: fd, buffer, length, offset, and a CQE whose `res`
+// is the number of bytes written. The offset decides where the bytes land, and there are
+// three ways to use it:
+//
+//   an explicit offset   the bytes land there, whatever the file position; writes to
+//                        different offsets are independent (so they may even be in flight
+//                        together, and complete in any order)
+//   offset -1            the file's current position, which the write then advances, like
+//                        write(2); needs IORING_FEAT_RW_CUR_POS, and the writes must not
+//                        overlap in time
+//   an O_APPEND file     the kernel ignores the offset and writes at the end of the file
+//
+// After each part the lesson reads the file back, with plain pread(2) outside the ring, and
+// prints what is really in it.
+//
+// Read next: man 3 io_uring_prep_write, man 2 io_uring_enter ("IORING_OP_WRITE"),
+// man 2 io_uring_setup ("IORING_FEAT_RW_CUR_POS"), man 2 pwrite ("BUGS": O_APPEND).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLiburing
+import LabSupport
+
+_ = lessonArguments(usage: "lesson-05-write-file", max: 0)
+
+// MARK: - 1. A ring, and what this kernel can do
+//
+// IORING_OP_WRITE arrived in Linux 5.6 (before it, IORING_OP_WRITEV with an iovec, lesson 09,
+// was the only write; it has been there since 5.1). We probe for it rather than guess.
+//
+// Whether offset -1 means "the current position" is not an opcode but a feature bit, set by
+// the kernel in the `features` field of io_uring_params when the ring is created (lesson 01);
+// liburing keeps a copy in `ring.pointee.features`.
+
+let ring = makeRing(entries: 8)
+requireOpcodes(ring, IORING_OP_WRITE)
+let hasCurrentPosition = ring.pointee.features & IORING_FEAT_RW_CUR_POS != 0
+print("IORING_FEAT_RW_CUR_POS: " + (hasCurrentPosition
+    ? "set, offset -1 means the file's current position"
+    : "missing, offset -1 would be taken as an offset"))
+
+// The files live in a new temporary directory, removed at exit. They are opened with plain
+// open(2): lesson 04 showed opening through the ring, and here the writes are the point.
+let dir = makeTempDir("lesson-05")
+
+func openFile(_ path: String, _ flags: Int32) -> Int32 {
+    let fd = open(path, flags, 0o644)
+    guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+    return fd
+}
+
+// The bytes of one write, copied to memory the lesson owns. The SQE holds only their address,
+// and the kernel may copy from it at any moment until the CQE arrives (perhaps from one of its
+// worker threads, after io_uring_submit has returned), so they must stay at that address until
+// then: a Swift array passed as `&bytes` is only pinned for one call. Freed after the CQE.
+func allocateBytes(_ text: String) -> UnsafeMutableRawBufferPointer {
+    let bytes = Array(text.utf8)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+    buffer.copyBytes(from: bytes)
+    return buffer
+}
+
+// `io_uring_get_sqe` returns nil when the submission queue is full. Here it cannot be: the
+// ring has 8 slots and at most two SQEs are taken before they are submitted and completed.
+func sqeFull() -> Never { fail("io_uring_get_sqe returned nil: the submission queue is full") }
+
+// Submit what is in the SQ and wait for `count` CQEs, copying each out (in the order they
+// arrive) before io_uring_cqe_seen hands its slot back to the kernel.
+func submitAndWait(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> [io_uring_cqe] {
+    let submitted = io_uring_submit(ring)
+    guard submitted == count else { fail("io_uring_submit returned \(describe(res: submitted))") }
+    var cqes: [io_uring_cqe] = []
+    for _ in 0..<count {
+        var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
+        let ret = io_uring_wait_cqe(ring, &cqePointer)
+        guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
+        cqes.append(cqePointer.pointee)
+        io_uring_cqe_seen(ring, cqePointer)
+    }
+    return cqes
+}
+
+// Reading back: plain open(2) + pread(2), outside the ring, a witness independent of what is
+// being tested. Prints the file's whole contents, quoted (a NUL byte shows as \x00).
+func printContents(_ path: String) {
+    let fd = openFile(path, O_RDONLY)
+    defer { close(fd) }
+    var contents: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(contents.count)) }
+        guard n >= 0 else { fail("cannot read \(path) back: \(errnoName(errno))") }
+        if n == 0 { break }
+        contents += chunk[..<n]
+    }
+    print("  read back with pread: \(quoted(contents)) (\(contents.count) bytes)")
+}
+
+var userData: UInt64 = 0  // a new number for each request, so each CQE names its SQE
+
+// MARK: - 2. Explicit offsets: each piece lands where it says
+//
+// Two pieces of "hello world\n", the second one first. Writing "world\n" at offset 6 into an
+// empty file makes it 12 bytes long: the 6 bytes before it, never written, read as zeros (a
+// hole). The second write, "hello " at offset 0, fills them in. The file position plays no
+// part, and neither write depends on the other: they could be submitted together and finish
+// in either order with the same result. (We wait for each here, to read the file in between.)
+
+let piecesPath = dir + "/pieces.txt"
+let piecesFD = openFile(piecesPath, O_WRONLY | O_CREAT | O_TRUNC)
+print("pieces.txt: explicit offsets, the second piece first")
+for (text, offset) in [("world\n", UInt64(6)), ("hello ", UInt64(0))] {
+    let buffer = allocateBytes(text)
+    guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+    io_uring_prep_write(sqe, piecesFD, buffer.baseAddress, UInt32(buffer.count), offset)
+    userData += 1
+    io_uring_sqe_set_data64(sqe, userData)
+    let cqe = submitAndWait(ring, count: 1)[0]
+    buffer.deallocate()  // the CQE is here: the kernel is done with these bytes
+    printCQE(cqe, "write \(quoted(text.utf8)) at offset \(offset)")
+    printContents(piecesPath)
+}
+close(piecesFD)
+
+// MARK: - 3. Offset -1: the file position
+//
+// With IORING_FEAT_RW_CUR_POS (5.6), an offset of -1 (all ones in the SQE's 64-bit `off`)
+// means "the file's current position", and the write advances it, exactly like write(2).
+// A kernel without the bit takes -1 literally, as the largest possible offset, which is
+// negative as a file position: the write fails with -EINVAL. So we look at the bit first.
+//
+// The position belongs to the open file, and io_uring promises no order among requests in
+// flight together: a request reads the position when it starts and stores the new one when it
+// finishes, without the lock write(2) takes on a shared file's position for the whole call.
+// Two -1 writes in flight at once could both start from the same position, and the second
+// would overwrite the first. (Linux 6.18 happens to run writes to one regular file one at a
+// time, so you may never see it; nothing promises that.) So -1 writes must run one after
+// another: either wait for each CQE before submitting the next, or submit them together
+// linked with IOSQE_IO_LINK, which makes the kernel start each only after the one before has
+// completed (lesson 07). We do both, and ask lseek(2) where the position is after each step.
+
+let currentPosition = UInt64(bitPattern: -1)
+if hasCurrentPosition {
+    let logPath = dir + "/log.txt"
+    let logFD = openFile(logPath, O_WRONLY | O_CREAT | O_TRUNC)
+
+    print("log.txt: offset -1, one write at a time")
+    for text in ["first\n", "second\n"] {
+        let buffer = allocateBytes(text)
+        guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+        io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
+        userData += 1
+        io_uring_sqe_set_data64(sqe, userData)
+        let cqe = submitAndWait(ring, count: 1)[0]
+        buffer.deallocate()
+        printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
+        print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
+    }
+
+    print("log.txt: offset -1, two writes linked with IOSQE_IO_LINK, one io_uring_submit")
+    let texts = ["third\n", "fourth\n"]
+    let buffers = texts.map(allocateBytes)
+    let firstUserData = userData + 1
+    for (index, buffer) in buffers.enumerated() {
+        guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+        io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
+        userData += 1
+        io_uring_sqe_set_data64(sqe, userData)
+        // The link flag goes on every SQE but the last: "the next one waits for me".
+        if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK)) }
+    }
+    // Both buffers stay allocated until both CQEs are in. Linked, the CQEs arrive in order:
+    // the second write does not start before the first has completed.
+    let cqes = submitAndWait(ring, count: buffers.count)
+    for buffer in buffers { buffer.deallocate() }
+    for cqe in cqes {
+        let text = texts[Int(cqe.user_data - firstUserData)]  // user_data says which SQE this is
+        printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
+    }
+    print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
+    printContents(logPath)
+    close(logFD)
+} else {
+    print("skipping the offset -1 writes: this kernel lacks IORING_FEAT_RW_CUR_POS (Linux 5.6)")
+}
+
+// MARK: - 4. O_APPEND: the offset is ignored
+//
+// A file opened with O_APPEND is written at its end, whatever offset the request carries:
+// the kernel moves each write to the end of the file (under the file's lock, so appends from
+// requests in flight together never overwrite each other; only their order is open). pwrite(2)
+// behaves the same on Linux (man 2 pwrite, BUGS). We pass offset 0, which without O_APPEND
+// would overwrite the first line.
+
+let appendPath = makeTempFile(named: "append.txt", contents: Array("line 1\n".utf8))
+let appendFD = openFile(appendPath, O_WRONLY | O_APPEND)
+print("append.txt: opened O_APPEND")
+printContents(appendPath)
+for text in ["line 2\n", "line 3\n"] {
+    let buffer = allocateBytes(text)
+    guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+    io_uring_prep_write(sqe, appendFD, buffer.baseAddress, UInt32(buffer.count), 0)
+    userData += 1
+    io_uring_sqe_set_data64(sqe, userData)
+    let cqe = submitAndWait(ring, count: 1)[0]
+    buffer.deallocate()
+    printCQE(cqe, "write \(quoted(text.utf8)) at offset 0")
+}
+printContents(appendPath)
+close(appendFD)
+
+destroyRing(ring)

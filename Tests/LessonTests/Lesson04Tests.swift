@@ -1,0 +1,76 @@
+import Foundation
+import XCTest
+
+final class Lesson04Tests: XCTestCase {
+    /// The file's bytes, every read's res (16 ×4, the short 4, the 0 at EOF), and -ENOENT and
+    /// -EBADF as CQE results: all in the expected block of lessons/04-read-file.md.
+    func testReadsTheDefaultFile() throws {
+        try Lesson("04").runAndCompareWithProse()
+    }
+
+    /// A file named on the command line: its text, a short read and the 0 at EOF.
+    func testReadsAGivenFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("given.txt")
+        try Data("hello from the test\n".utf8).write(to: file)
+
+        let run = try Lesson("04").run([file.path])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        let lines = run.stdoutLines
+        XCTAssert(lines.contains("read 65536 bytes at offset 0: user_data=2 res=20 flags=0 "
+            + "\"hello from the t\"...  <- short read: 20 of 65536 bytes"), run.transcript)
+        XCTAssert(lines.contains("read 65536 bytes at offset 20: user_data=3 res=0 flags=0  <- 0: end of file"),
+                  run.transcript)
+        XCTAssert(lines.contains("the file's 20 bytes in 2 reads: \"hello from the test\\n\""), run.transcript)
+    }
+
+    /// A large binary file is not dumped: 8 reads shown, the rest counted, a 256-byte prefix.
+    func testBoundsTheOutputForALargeFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("big.bin")
+        try Data(repeating: 0xff, count: 1_000_000).write(to: file)
+
+        let run = try Lesson("04").run([file.path])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        let lines = run.stdoutLines
+        XCTAssertEqual(lines.filter { $0.hasPrefix("read 65536 bytes") }.count, 9, run.transcript)
+        XCTAssert(lines.contains("... 8 more reads not shown"), run.transcript)
+        XCTAssert(lines.contains("read 65536 bytes at offset 1000000: user_data=18 res=0 flags=0  <- 0: end of file"),
+                  run.transcript)
+        let prefix = "\"" + String(repeating: "\\xff", count: 256) + "\"..."
+        XCTAssert(lines.contains("the file's 1000000 bytes in 17 reads, the first 256: " + prefix), run.transcript)
+        XCTAssert(run.stdout.utf8.count < 5000, "output is bounded\n\(run.transcript)")
+    }
+
+    /// The error comes from the openat CQE's res.
+    func testMissingFile() throws {
+        let run = try Lesson("04").run(["/nonexistent/lesson-04/missing.txt"])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "-ENOENT", "openat completed")
+    }
+
+    /// A directory opens with O_RDONLY; it is the read that fails.
+    func testDirectory() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let run = try Lesson("04").run([dir.path])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "-EISDIR", "read at offset 0")
+    }
+
+    func testTooManyArguments() throws {
+        let run = try Lesson("04").run(["a", "b"])
+        run.assertError(mentioning: "too many arguments", "usage")
+    }
+
+    private func makeDirectory() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("lesson-04-input-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}
