@@ -12,6 +12,11 @@ let lessons = [
     "lesson-05-write-file",
     "lesson-06-batching",
     "lesson-07-linked-ops",
+    "lesson-08-timeouts",
+    "lesson-09-vectored-io",
+    "lesson-10-file-copy",
+    "lesson-11-splice-tee",
+    "lesson-12-file-ops",
 ]
 
 let package = Package(
