@@ -34,26 +34,11 @@ let arguments = lessonArguments(usage: "lesson-04-read-file [PATH]", max: 1)
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
 
-// Every request in this lesson goes the same way: take an SQE, fill it in, submit it, and wait
-// for its CQE (lesson 03's round trip, one request at a time). The CQE is copied out before
-// `io_uring_cqe_seen` hands its slot back to the kernel.
-func submitAndWait(_ ring: UnsafeMutablePointer<io_uring>) -> io_uring_cqe {
-    // io_uring_submit returns how many SQEs the kernel *accepted*, not whether they succeeded:
-    // a request that fails is still accepted, and its failure arrives in its CQE.
-    let submitted = io_uring_submit(ring)
-    guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted))") }
-    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-    let ret = io_uring_wait_cqe(ring, &cqePointer)
-    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    let cqe = cqePointer.pointee
-    io_uring_cqe_seen(ring, cqePointer)
-    return cqe
-}
-
-// `io_uring_get_sqe` returns nil when the submission queue is full. Here it cannot be: the
-// ring has 8 slots and each SQE is submitted (and completed) before the next one is taken.
-// The guards below would still end the lesson with an error line rather than trap.
-func sqeFull() -> Never { fail("io_uring_get_sqe returned nil: the submission queue is full") }
+// Every request in this lesson goes the same way: take an SQE with `getSQE` (io_uring_get_sqe;
+// the ring has 8 slots and each SQE is completed before the next is taken, so it cannot be
+// full), fill it in, and `submitAndWait(ring)` (io_uring_submit, then lesson 03's
+// io_uring_wait_cqe / io_uring_cqe_seen). It returns a copy of the CQE, taken before the slot
+// went back to the kernel.
 
 // MARK: - 2. The file
 //
@@ -77,11 +62,11 @@ print("file: \(path)")
 var userData: UInt64 = 0  // a new number for each request, so each CQE names its SQE
 
 guard let cPath = strdup(path) else { fail("strdup: out of memory") }
-guard let openSQE = io_uring_get_sqe(ring) else { sqeFull() }
+let openSQE = getSQE(ring)
 io_uring_prep_openat(openSQE, AT_FDCWD, cPath, O_RDONLY, 0)
 userData += 1
 io_uring_sqe_set_data64(openSQE, userData)
-let openCQE = submitAndWait(ring)
+let openCQE = submitAndWait(ring)[0]
 free(cPath)  // the CQE is here: the kernel is done with the path
 
 // On success `res` is the new file descriptor (its number varies, so the expected output in
@@ -121,11 +106,11 @@ var reads = 0
 var kept: [UInt8] = []
 
 while true {
-    guard let readSQE = io_uring_get_sqe(ring) else { sqeFull() }
+    let readSQE = getSQE(ring)
     io_uring_prep_read(readSQE, fd, buffer.baseAddress, UInt32(chunkSize), offset)
     userData += 1
     io_uring_sqe_set_data64(readSQE, userData)
-    let cqe = submitAndWait(ring)
+    let cqe = submitAndWait(ring)[0]
     reads += 1
 
     guard cqe.res >= 0 else {
@@ -167,11 +152,11 @@ if offset <= UInt64(keptBytes) {
 // ring matters when the close is part of a chain of requests, lesson 07, or of a fixed file
 // table, lesson 13; a plain close(2) would do here too.)
 
-guard let closeSQE = io_uring_get_sqe(ring) else { sqeFull() }
+let closeSQE = getSQE(ring)
 io_uring_prep_close(closeSQE, fd)
 userData += 1
 io_uring_sqe_set_data64(closeSQE, userData)
-printCQE(submitAndWait(ring), "close fd \(fd)")
+printCQE(submitAndWait(ring)[0], "close fd \(fd)")
 
 // MARK: - 6. Failures are results
 //
@@ -182,11 +167,11 @@ printCQE(submitAndWait(ring), "close fd \(fd)")
 // First, openat of a path that does not exist: a file in a new, empty directory.
 
 guard let missingPath = strdup(makeTempDir("lesson-04") + "/missing.txt") else { fail("strdup: out of memory") }
-guard let missingSQE = io_uring_get_sqe(ring) else { sqeFull() }
+let missingSQE = getSQE(ring)
 io_uring_prep_openat(missingSQE, AT_FDCWD, missingPath, O_RDONLY, 0)
 userData += 1
 io_uring_sqe_set_data64(missingSQE, userData)
-printCQE(submitAndWait(ring), "openat missing.txt")
+printCQE(submitAndWait(ring)[0], "openat missing.txt")
 free(missingPath)
 
 // Then a read on the fd we closed in section 5. The kernel looks the fd up when the request
@@ -195,11 +180,11 @@ free(missingPath)
 // file: using an fd after closing it is a bug, through the ring as much as without it.)
 
 let smallBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 16)
-guard let badSQE = io_uring_get_sqe(ring) else { sqeFull() }
+let badSQE = getSQE(ring)
 io_uring_prep_read(badSQE, fd, smallBuffer.baseAddress, 16, 0)
 userData += 1
 io_uring_sqe_set_data64(badSQE, userData)
-printCQE(submitAndWait(ring), "read on the closed fd \(fd)")
+printCQE(submitAndWait(ring)[0], "read on the closed fd \(fd)")
 smallBuffer.deallocate()
 
 destroyRing(ring)

@@ -65,25 +65,10 @@ func allocateBytes(_ text: String) -> UnsafeMutableRawBufferPointer {
     return buffer
 }
 
-// `io_uring_get_sqe` returns nil when the submission queue is full. Here it cannot be: the
-// ring has 8 slots and at most two SQEs are taken before they are submitted and completed.
-func sqeFull() -> Never { fail("io_uring_get_sqe returned nil: the submission queue is full") }
-
-// Submit what is in the SQ and wait for `count` CQEs, copying each out (in the order they
-// arrive) before io_uring_cqe_seen hands its slot back to the kernel.
-func submitAndWait(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> [io_uring_cqe] {
-    let submitted = io_uring_submit(ring)
-    guard submitted == count else { fail("io_uring_submit returned \(describe(res: submitted))") }
-    var cqes: [io_uring_cqe] = []
-    for _ in 0..<count {
-        var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-        let ret = io_uring_wait_cqe(ring, &cqePointer)
-        guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-        cqes.append(cqePointer.pointee)
-        io_uring_cqe_seen(ring, cqePointer)
-    }
-    return cqes
-}
+// Each write goes the same way: `getSQE` (io_uring_get_sqe; the ring has 8 slots and at most
+// two SQEs are taken before they complete, so it cannot be full), fill it in, then
+// `submitAndWait(ring, count:)`: io_uring_submit and one io_uring_wait_cqe per request,
+// returning copies of the CQEs in arrival order.
 
 // Reading back: plain open(2) + pread(2), outside the ring, a witness independent of what is
 // being tested. Prints the file's whole contents, quoted (a NUL byte shows as \x00).
@@ -116,7 +101,7 @@ let piecesFD = openFile(piecesPath, O_WRONLY | O_CREAT | O_TRUNC)
 print("pieces.txt: explicit offsets, the second piece first")
 for (text, offset) in [("world\n", UInt64(6)), ("hello ", UInt64(0))] {
     let buffer = allocateBytes(text)
-    guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+    let sqe = getSQE(ring)
     io_uring_prep_write(sqe, piecesFD, buffer.baseAddress, UInt32(buffer.count), offset)
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
@@ -152,7 +137,7 @@ if hasCurrentPosition {
     print("log.txt: offset -1, one write at a time")
     for text in ["first\n", "second\n"] {
         let buffer = allocateBytes(text)
-        guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+        let sqe = getSQE(ring)
         io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
         userData += 1
         io_uring_sqe_set_data64(sqe, userData)
@@ -167,7 +152,7 @@ if hasCurrentPosition {
     let buffers = texts.map(allocateBytes)
     let firstUserData = userData + 1
     for (index, buffer) in buffers.enumerated() {
-        guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+        let sqe = getSQE(ring)
         io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
         userData += 1
         io_uring_sqe_set_data64(sqe, userData)
@@ -203,7 +188,7 @@ print("append.txt: opened O_APPEND")
 printContents(appendPath)
 for text in ["line 2\n", "line 3\n"] {
     let buffer = allocateBytes(text)
-    guard let sqe = io_uring_get_sqe(ring) else { sqeFull() }
+    let sqe = getSQE(ring)
     io_uring_prep_write(sqe, appendFD, buffer.baseAddress, UInt32(buffer.count), 0)
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)

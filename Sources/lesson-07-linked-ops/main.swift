@@ -59,13 +59,10 @@ extraBuffer.copyBytes(from: extra)
 var labels: [UInt64: String] = [:]
 var nextUserData: UInt64 = 1
 
-/// Take the next SQE. A chain must be submitted whole (a link never crosses submits), so a
-/// full SQ would be a bug here: each chain has at most 3 SQEs, the ring 8, and every chain is
-/// submitted and reaped before the next one is prepared.
-func nextSQE(_ ring: UnsafeMutablePointer<io_uring>) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("the SQ is full") }
-    return sqe
-}
+// SQEs come from `getSQE` (io_uring_get_sqe, failing with an error line if the SQ is full).
+// A chain must be submitted whole (a link never crosses submits), so a full SQ would be a bug
+// here: each chain has at most 3 SQEs, the ring 8, and every chain is submitted and reaped
+// before the next one is prepared.
 
 /// Give `sqe` the next user_data and remember what it is for.
 func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String,
@@ -104,17 +101,17 @@ func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: 
 // cancel nothing; we ask for exactly the bytes we wrote anyway.)
 
 print("write -> fsync -> read, linked with IOSQE_IO_LINK:")
-var sqe = nextSQE(ring)
+var sqe = getSQE(ring)
 io_uring_prep_write(sqe, readWrite, writeBuffer.baseAddress, UInt32(text.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 tag(sqe, "write", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readWrite, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 tag(sqe, "fsync", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
 tag(sqe, "read", &labels, &nextUserData)
 
@@ -130,17 +127,17 @@ if let read = ordered.last, read.res > 0 {
 // -ECANCELED. They still get a CQE each, so every request is accounted for.
 
 print("the same chain, writing through a read-only fd:")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 tag(sqe, "write", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 tag(sqe, "fsync", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
 tag(sqe, "read", &labels, &nextUserData)
 
@@ -154,12 +151,12 @@ _ = submitAndPrint(ring, count: 3, labels: labels)
 // We check the file's size afterwards with fstat(2): the write never happened.
 
 print("a read asking for more than the file holds, linked to a write:")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 tag(sqe, "read 4096", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_write(sqe, readWrite, extraBuffer.baseAddress, UInt32(extra.count), UInt64(text.count))
 tag(sqe, "write", &labels, &nextUserData)
 
@@ -177,17 +174,17 @@ print("file size after: \(info.st_size) bytes")
 // error in the result is what it survives. man 2 io_uring_enter.)
 
 print("the failing chain with IOSQE_IO_HARDLINK:")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
 tag(sqe, "write", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
 tag(sqe, "fsync", &labels, &nextUserData)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
 tag(sqe, "read", &labels, &nextUserData)
 
