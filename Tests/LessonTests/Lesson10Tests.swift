@@ -1,0 +1,223 @@
+import Foundation
+import XCTest
+
+final class Lesson10Tests: XCTestCase {
+    private var dir: URL!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("lesson-10-input-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// The generated 1 MiB + 100 bytes: 33 blocks, the read past the end returning 0, 8 requests
+    /// in flight at the peak, reads and writes in flight together, and equal CRC-32s: the
+    /// expected block of lessons/10-file-copy.md.
+    func testDefaultCopy() throws {
+        let run = try Lesson("10").runAndCompareWithProse()
+        let lines = run.stdoutLines
+        for line in [
+            "in flight at peak: 8 requests (queue depth 8)",
+            "reads and writes in flight together: first after CQE 1, 7 reads + 1 write",
+            "copied: 1048676 bytes",
+            "identical: yes",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+    }
+
+    // MARK: - Good copies of given files
+
+    func testEmptyFile() throws {
+        let source = try makeFile("empty", bytes: 0)
+        let copy = dir.appendingPathComponent("copy")
+        let run = try copyExpectingSuccess(source, copy, bytes: 0)
+        XCTAssert(run.stdoutLines.contains("plan: 0 bytes (fstat) in 0 blocks of at most 32768 bytes, queue depth 8"),
+                  run.transcript)
+        XCTAssert(run.stdoutLines.contains("block 0 at offset 0: read res=0 (end of file)"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("requests: 1 read (0 short, 1 at end of file), 0 writes (0 short)"),
+                  run.transcript)
+        XCTAssertEqual(try Data(contentsOf: copy), Data())
+    }
+
+    /// 100003 bytes: three full blocks and one of 1699.
+    func testSizeNotAMultipleOfTheBlockSize() throws {
+        let source = try makeFile("odd", bytes: 100_003)
+        let copy = dir.appendingPathComponent("copy")
+        let run = try copyExpectingSuccess(source, copy, bytes: 100_003)
+        for line in [
+            "plan: 100003 bytes (fstat) in 4 blocks of at most 32768 bytes, queue depth 8",
+            "block 3 at offset 98304: read res=1699, write res=1699",
+            "block 4 at offset 100003: read res=0 (end of file)",
+            "in flight at peak: 4 requests (queue depth 8)",
+            "reads and writes in flight together: first after CQE 1, 3 reads + 1 write",
+        ] {
+            XCTAssert(run.stdoutLines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+    }
+
+    /// 8 MiB and 7 bytes: 257 blocks through 8 slots.
+    func testMultiMegabyteCopy() throws {
+        let size = 8 * 1_048_576 + 7
+        let source = try makeFile("big", bytes: size)
+        let copy = dir.appendingPathComponent("copy")
+        let run = try copyExpectingSuccess(source, copy, bytes: size)
+        for line in [
+            "plan: 8388615 bytes (fstat) in 257 blocks of at most 32768 bytes, queue depth 8",
+            "... 254 more blocks",
+            "block 256 at offset 8388608: read res=7, write res=7",
+            "block 257 at offset 8388615: read res=0 (end of file)",
+            "requests: 258 reads (0 short, 1 at end of file), 257 writes (0 short)",
+            "in flight at peak: 8 requests (queue depth 8)",
+            "reads and writes in flight together: first after CQE 1, 7 reads + 1 write",
+        ] {
+            XCTAssert(run.stdoutLines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+    }
+
+    /// An existing, longer DST is overwritten and cut to SRC's length.
+    func testOverwritesALongerDestination() throws {
+        let source = try makeFile("short", bytes: 1000)
+        let copy = try makeFile("long", bytes: 200_000, seed: 7)
+        try copyExpectingSuccess(source, copy, bytes: 1000)
+    }
+
+    /// /proc/version says its size is 0: the read past the end is short, the next returns 0,
+    /// and the copy still holds the text. This is the short-read path on a real kernel file.
+    func testShortReadsOfAProcFile() throws {
+        let proc = URL(fileURLWithPath: "/proc/version")
+        guard let text = try? Data(contentsOf: proc), !text.isEmpty else {
+            throw XCTSkip("/proc/version is not readable here")
+        }
+        let copy = dir.appendingPathComponent("version")
+        let run = try Lesson("10").run([proc.path, copy.path])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        XCTAssert(run.stdoutLines.contains("block 0 at offset 0: read res=\(text.count) (short, of 32768), "
+            + "read res=0 (end of file), write res=\(text.count)"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("requests: 2 reads (1 short, 1 at end of file), 1 write (0 short)"),
+                  run.transcript)
+        XCTAssert(run.stdoutLines.contains("identical: yes"), run.transcript)
+        XCTAssertEqual(try Data(contentsOf: copy), text)
+    }
+
+    // MARK: - Bad input: one error line, exit 1, nothing damaged
+
+    func testMissingSource() throws {
+        let existing = try makeFile("existing", bytes: 5000)
+        let before = try Data(contentsOf: existing)
+        let missing = dir.appendingPathComponent("missing")
+        try Lesson("10").run([missing.path, existing.path]).assertError(mentioning: "SRC", "ENOENT")
+        XCTAssertEqual(try Data(contentsOf: existing), before, "DST must be untouched")
+
+        let fresh = dir.appendingPathComponent("fresh")
+        try Lesson("10").run([missing.path, fresh.path]).assertError(mentioning: "ENOENT")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh.path), "DST must not be created")
+    }
+
+    func testSourceIsADirectory() throws {
+        let existing = try makeFile("existing", bytes: 5000)
+        let before = try Data(contentsOf: existing)
+        try Lesson("10").run([dir.path, existing.path]).assertError(mentioning: "SRC", "directory", "EISDIR")
+        XCTAssertEqual(try Data(contentsOf: existing), before, "DST must be untouched")
+    }
+
+    func testSourceIsNotARegularFile() throws {
+        let copy = dir.appendingPathComponent("copy")
+        try Lesson("10").run(["/dev/null", copy.path]).assertError(mentioning: "SRC", "character device")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: copy.path), "DST must not be created")
+    }
+
+    /// The same path, `./name`, a hard link and a symbolic link: all the same file, refused,
+    /// and the file keeps its content.
+    func testSameFileIsRefused() throws {
+        let file = try makeFile("same", bytes: 70_000)
+        let before = try Data(contentsOf: file)
+        let hardLink = dir.appendingPathComponent("hard")
+        try FileManager.default.linkItem(at: file, to: hardLink)
+        let symbolicLink = dir.appendingPathComponent("symbolic")
+        try FileManager.default.createSymbolicLink(at: symbolicLink, withDestinationURL: file)
+
+        for (source, destination) in [
+            (file.path, file.path),
+            (file.path, dir.path + "/./same"),
+            (file.path, hardLink.path),
+            (file.path, symbolicLink.path),
+            (symbolicLink.path, file.path),
+        ] {
+            try Lesson("10").run([source, destination]).assertError(mentioning: "same file", "nothing copied")
+            XCTAssertEqual(try Data(contentsOf: file), before, "\(source) -> \(destination) changed the file")
+        }
+    }
+
+    /// Root may write anywhere permissions are concerned, so "unwritable" here is a DST whose
+    /// directory does not exist, and a DST that is a directory.
+    func testUnwritableDestination() throws {
+        let source = try makeFile("source", bytes: 5000)
+        let before = try Data(contentsOf: source)
+        let nowhere = dir.appendingPathComponent("no-such-dir/copy")
+        try Lesson("10").run([source.path, nowhere.path]).assertError(mentioning: "DST", "ENOENT")
+
+        let subdirectory = dir.appendingPathComponent("subdir")
+        try FileManager.default.createDirectory(at: subdirectory, withIntermediateDirectories: false)
+        try Lesson("10").run([source.path, subdirectory.path]).assertError(mentioning: "DST", "EISDIR")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: subdirectory.path), [])
+        XCTAssertEqual(try Data(contentsOf: source), before, "SRC must be untouched")
+    }
+
+    /// A write that fails in the middle of the copy: /proc/version opens for writing as root,
+    /// but every write to it fails (-EIO on Linux 6.18; a non-root user gets EACCES at open).
+    /// Either way one error line naming DST, after every request in flight has completed.
+    func testWriteErrorDuringTheCopy() throws {
+        guard FileManager.default.fileExists(atPath: "/proc/version") else {
+            throw XCTSkip("no /proc/version here")
+        }
+        let source = try makeFile("source", bytes: 100_000)
+        let run = try Lesson("10").run([source.path, "/proc/version"])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "DST")
+    }
+
+    func testArguments() throws {
+        try Lesson("10").run(["only-one"]).assertError(mentioning: "both SRC and DST", "usage")
+        try Lesson("10").run(["a", "b", "c"]).assertError(mentioning: "too many arguments", "usage")
+        try Lesson("10").run(["--qd", "4"]).assertError(mentioning: "unknown option", "usage")
+    }
+
+    // MARK: - Helpers
+
+    /// A file of `bytes` deterministic pseudo-random bytes in the test's directory.
+    private func makeFile(_ name: String, bytes: Int, seed: UInt64 = 1) throws -> URL {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        var data = Data(capacity: bytes + 8)
+        while data.count < bytes {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            withUnsafeBytes(of: state) { data.append(contentsOf: $0) }
+        }
+        let url = dir.appendingPathComponent(name)
+        try data.prefix(bytes).write(to: url)
+        return url
+    }
+
+    /// Copy `source` to `copy`: exit 0, `copied` and `identical: yes` printed, and the two files
+    /// equal byte for byte as Foundation reads them.
+    @discardableResult
+    private func copyExpectingSuccess(_ source: URL, _ copy: URL, bytes: Int,
+                                      file: StaticString = #filePath, line: UInt = #line) throws -> Run {
+        let run = try Lesson("10").run([source.path, copy.path])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript, file: file, line: line)
+        XCTAssert(run.stdoutLines.contains("copied: \(bytes) bytes"), run.transcript, file: file, line: line)
+        XCTAssert(run.stdoutLines.contains("identical: yes"), run.transcript, file: file, line: line)
+        let copied = try Data(contentsOf: copy)
+        XCTAssertEqual(copied.count, bytes, "size of the copy", file: file, line: line)
+        XCTAssert(copied == (try Data(contentsOf: source)), "the copy differs from the source",
+                  file: file, line: line)
+        return run
+    }
+}
