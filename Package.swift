@@ -17,6 +17,10 @@ let lessons = [
     "lesson-10-file-copy",
     "lesson-11-splice-tee",
     "lesson-12-file-ops",
+    "lesson-13-fixed-files",
+    "lesson-14-fixed-buffers",
+    "lesson-15-sqpoll",
+    "lesson-16-iopoll",
 ]
 
 let package = Package(

@@ -181,17 +181,14 @@ var slots = (0..<queueDepth).map { _ in
     Slot(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096))
 }
 
-// The ring has an SQE for every slot (see section 1); if it ever did not, this says so.
-func nextSQE(_ ring: UnsafeMutablePointer<io_uring>) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("io_uring_get_sqe returned nil: the SQ is full") }
-    return sqe
-}
+// SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full): the ring
+// has an SQE for every slot (see section 1), so it never is.
 
 /// Ask for the rest of the slot's block: `length - have` bytes from SRC at `offset + have`,
 /// into the buffer after the `have` bytes already there. The first read of a block asks for
 /// all of it; after a short read, this asks again for what is missing.
 func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
-    let sqe = nextSQE(ring)
+    let sqe = getSQE(ring)
     io_uring_prep_read(sqe, fd, slot.buffer.baseAddress! + slot.have, UInt32(slot.length - slot.have),
                        slot.offset + UInt64(slot.have))
     io_uring_sqe_set_data64(sqe, UInt64(index))
@@ -201,7 +198,7 @@ func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index
 /// Write what the slot holds and has not written yet: `have - written` bytes to DST at the
 /// same offset they were read from.
 func queueWrite(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
-    let sqe = nextSQE(ring)
+    let sqe = getSQE(ring)
     io_uring_prep_write(sqe, fd, slot.buffer.baseAddress! + slot.written, UInt32(slot.have - slot.written),
                         slot.offset + UInt64(slot.written))
     io_uring_sqe_set_data64(sqe, UInt64(index))
