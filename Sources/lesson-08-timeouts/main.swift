@@ -158,8 +158,8 @@ countTime.deallocate()
 // remove completes on the spot and the cancelled timeout is completed just after it.
 //
 // A user_data that matches no pending timeout gives -ENOENT: here the timer of section 2,
-// which fired long ago, and 999, which was never used. (A timeout caught while it is firing
-// gives -EALREADY, or -EBUSY on old kernels.)
+// which fired long ago, and 999, which was never used. (A timeout caught at the very moment
+// it fires gives -EALREADY: too late to cancel, its CQE is on the way.)
 
 print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
 let longTime = makeTimespec(milliseconds: 10_000)
@@ -226,13 +226,13 @@ deadline.deallocate()
 // res is the byte count, and the link timeout completes with -ECANCELED: it was cancelled
 // because the request it guarded finished first.
 //
-// This too is a race, and the margin decides it. On 6.18 the timer is already running while
-// the read is issued, and the read finishes some microseconds later, inside the same system
+// This too is a race, and the margin decides it. On 6.18 the timer starts during the submit
+// too, and the read's completion reaches it some microseconds later, inside the same system
 // call: against 50 ms the read wins on any machine. (With a deadline of a few microseconds
-// the timer can fire first and find the read done or past cancelling: the read still returns
-// its bytes, and the link timeout completes with -ENOENT or -EALREADY.) The order of the two
-// CQEs is again the kernel's: on 6.18 the read's, then the link timeout's, because the read's
-// completion is what cancels the timer.
+// the timer fires before the read's completion can stop it: the read still returns its
+// bytes, and the link timeout, having found nothing left to cancel, completes with -ENOENT.)
+// The order of the two CQEs is again the kernel's: on 6.18 the read's, then the link
+// timeout's, because the read's completion is what cancels the timer.
 
 print("the same pair with 6 bytes already in the pipe")
 let ready = Array("ready\n".utf8)
