@@ -83,12 +83,9 @@ struct Requests {
 }
 var requests = Requests()
 
-/// Take the next SQE. Every section submits and reaps its (at most 4) SQEs before the next
-/// section takes any, and the ring has 8, so the SQ cannot be full here.
-func nextSQE(_ ring: UnsafeMutablePointer<io_uring>) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("the SQ is full") }
-    return sqe
-}
+// SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full). Every
+// section submits and reaps its (at most 4) SQEs before the next section takes any, and the
+// ring has 8, so the SQ cannot be full here.
 
 /// A relative time for the kernel, allocated so that it stays at one address until the CQE
 /// of the request pointing at it has arrived. The caller deallocates it after that CQE.
@@ -116,7 +113,7 @@ func milliseconds(since start: ContinuousClock.Instant, _ clock: ContinuousClock
 
 print("a timer: IORING_OP_TIMEOUT of 30 ms, count 0")
 let timerTime = makeTimespec(milliseconds: 30)
-var sqe = nextSQE(ring)
+var sqe = getSQE(ring)
 io_uring_prep_timeout(sqe, timerTime, 0, 0)
 let timerUserData = requests.tag(sqe, "timeout 30 ms")
 var started = clock.now
@@ -136,11 +133,11 @@ timerTime.deallocate()  // its CQE is here: the kernel is done with the timespec
 
 print("a completion count: IORING_OP_TIMEOUT of 1 s with count 3, then 3 NOPs, one submit")
 let countTime = makeTimespec(milliseconds: 1000)
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout(sqe, countTime, 3, 0)
 requests.tag(sqe, "timeout count 3")
 for n in 1...3 {
-    sqe = nextSQE(ring)
+    sqe = getSQE(ring)
     io_uring_prep_nop(sqe)
     requests.tag(sqe, "NOP \(n)")
 }
@@ -163,12 +160,12 @@ countTime.deallocate()
 
 print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
 let longTime = makeTimespec(milliseconds: 10_000)
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout(sqe, longTime, 0, 0)
 let longUserData = requests.tag(sqe, "timeout 10 s")
 requests.submit(ring)
 
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout_remove(sqe, longUserData, 0)
 requests.tag(sqe, "timeout_remove user_data=\(longUserData)")
 requests.submit(ring)
@@ -176,10 +173,10 @@ _ = requests.waitAndPrint(ring, count: 2)
 longTime.deallocate()
 
 print("removing timeouts the kernel does not know: one that has fired, one never submitted")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout_remove(sqe, timerUserData, 0)
 requests.tag(sqe, "timeout_remove user_data=\(timerUserData)")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout_remove(sqe, 999, 0)
 requests.tag(sqe, "timeout_remove user_data=999")
 requests.submit(ring)
@@ -208,11 +205,11 @@ let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment
 
 print("a read from an empty pipe, linked to an IORING_OP_LINK_TIMEOUT of 50 ms")
 let deadline = makeTimespec(milliseconds: 50)
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 requests.tag(sqe, "read")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_link_timeout(sqe, deadline, 0)
 requests.tag(sqe, "link_timeout 50 ms")
 requests.submit(ring)
@@ -240,11 +237,11 @@ guard write(pipeWrite, ready, ready.count) == ready.count else {
     fail("write to the pipe: \(errnoName(errno))")
 }
 let deadline2 = makeTimespec(milliseconds: 50)
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
 let readUserData = requests.tag(sqe, "read")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_link_timeout(sqe, deadline2, 0)
 requests.tag(sqe, "link_timeout 50 ms")
 requests.submit(ring)
@@ -280,7 +277,7 @@ waitTime.deallocate()
 
 print("io_uring_wait_cqe_timeout of 1 s with a 30 ms timer in flight")
 let shortTimer = makeTimespec(milliseconds: 30)
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_timeout(sqe, shortTimer, 0, 0)
 requests.tag(sqe, "timeout 30 ms")
 requests.submit(ring)

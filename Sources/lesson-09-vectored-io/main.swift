@@ -34,25 +34,10 @@ let arguments = lessonArguments(usage: "lesson-09-vectored-io [FILE...]", max: I
 
 let ring = makeRing(entries: 4)
 
-// Every request in this lesson is one SQE, submitted and waited for on its own (lesson 03's
-// round trip). The CQE is copied out before its slot is handed back.
-func submitAndWait(_ ring: UnsafeMutablePointer<io_uring>) -> io_uring_cqe {
-    let submitted = io_uring_submit(ring)
-    guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted))") }
-    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-    let ret = io_uring_wait_cqe(ring, &cqePointer)
-    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    let cqe = cqePointer.pointee
-    io_uring_cqe_seen(ring, cqePointer)
-    return cqe
-}
-
-// `io_uring_get_sqe` returns nil when the SQ is full. It cannot be here: the ring has 4 slots
-// and each SQE is completed before the next is taken.
-func nextSQE(_ ring: UnsafeMutablePointer<io_uring>) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("io_uring_get_sqe returned nil: the SQ is full") }
-    return sqe
-}
+// Every request in this lesson is one SQE from `getSQE` (io_uring_get_sqe; the ring has 4
+// slots and each SQE is completed before the next is taken, so it cannot be full), submitted
+// and waited for on its own with `submitAndWait(ring)` (lesson 03's round trip). It returns a
+// copy of the CQE, taken before the slot went back to the kernel.
 
 // MARK: - 2. With FILE arguments: cat
 //
@@ -102,10 +87,10 @@ for index in 0..<parts.count {
     let piece = UnsafeRawBufferPointer(start: gather[index].iov_base, count: gather[index].iov_len)
     print("  iovec \(index): \(piece.count) bytes \(quoted(piece))")
 }
-var sqe = nextSQE(ring)
+var sqe = getSQE(ring)
 io_uring_prep_writev(sqe, fd, gather, UInt32(parts.count), 0)
 io_uring_sqe_set_data64(sqe, 1)
-printCQE(submitAndWait(ring), "writev")
+printCQE(submitAndWait(ring)[0], "writev")
 
 // The CQE is here: the kernel is done with the array and the buffers.
 for index in 0..<parts.count {
@@ -131,10 +116,10 @@ for (index, size) in sizes.enumerated() {
 
 print("readv: \(sizes.count) iovecs of " + sizes.map(String.init).joined(separator: ", ")
     + " bytes, one request at offset 0")
-sqe = nextSQE(ring)
+sqe = getSQE(ring)
 io_uring_prep_readv(sqe, fd, scatter, UInt32(sizes.count), 0)
 io_uring_sqe_set_data64(sqe, 2)
-let readvCQE = submitAndWait(ring)
+let readvCQE = submitAndWait(ring)[0]
 printCQE(readvCQE, "readv")
 guard readvCQE.res >= 0 else { fail("readv completed with res=\(describe(res: readvCQE.res))") }
 
@@ -194,10 +179,10 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt
     var offset: UInt64 = 0
     var requests = 0
     while true {
-        let sqe = nextSQE(ring)
+        let sqe = getSQE(ring)
         io_uring_prep_readv(sqe, fd, iovecs, UInt32(iovecCount), offset)
         io_uring_sqe_set_data64(sqe, UInt64(requests))
-        let cqe = submitAndWait(ring)
+        let cqe = submitAndWait(ring)[0]
         requests += 1
         guard cqe.res >= 0 else {
             release()
