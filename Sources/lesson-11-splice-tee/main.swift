@@ -50,12 +50,14 @@ for line in 1...200 {
 }
 let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: defaultText)
 
+// A splice from a pipe, a socket or /dev/zero works too, but has no size to copy and compare,
+// so SRC must be a regular file. (Checked before opening: opening a FIFO would wait for a writer.)
+var info = stat()
+guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(errnoName(errno))") }
+guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
 let source = open(sourcePath, O_RDONLY)
 guard source >= 0 else { fail("cannot open \(sourcePath): \(errnoName(errno))") }
-var info = stat()
 guard fstat(source, &info) == 0 else { fail("cannot stat \(sourcePath): \(errnoName(errno))") }
-// A splice from a pipe, a socket or /dev/zero works too, but has no size to copy and compare.
-guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
 let size = Int(info.st_size)
 print("source: \(sourcePath), \(size) bytes")
 
