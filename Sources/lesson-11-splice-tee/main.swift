@@ -122,7 +122,7 @@ var nextUserData: UInt64 = 1
 
 func prepare(_ ring: UnsafeMutablePointer<io_uring>, _ label: String,
              _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("io_uring_get_sqe returned nil: the SQ is full") }
+    let sqe = getSQE(ring)
     io_uring_sqe_set_data64(sqe, nextUserData)
     labels[nextUserData] = label
     nextUserData += 1

@@ -82,7 +82,7 @@ var nextUserData: UInt64 = 1
 
 func prepare(_ ring: UnsafeMutablePointer<io_uring>, _ label: String,
              _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) -> UnsafeMutablePointer<io_uring_sqe> {
-    guard let sqe = io_uring_get_sqe(ring) else { fail("io_uring_get_sqe returned nil: the submission queue is full") }
+    let sqe = getSQE(ring)
     io_uring_sqe_set_data64(sqe, nextUserData)
     labels[nextUserData] = label
     nextUserData += 1
@@ -232,13 +232,12 @@ let fd = results[openID] ?? -1
 // RENAME_NOREPLACE, linkat and symlinkat never replace), so a chain running on past a failure
 // can add names but never destroy any, and the cleanup goes by each CQE, not by the plan.
 //
-// liburing 2.3's header declares `struct statx` but glibc defines it only with _GNU_SOURCE,
-// which Swift's Glibc module is built without, so Swift sees an opaque pointer. We allocate the
-// struct's 256 bytes ourselves and read the fields at their offsets in linux/stat.h.
+// statx writes its answer into a `struct statx` of ours (from linux/stat.h, which the CLiburing
+// shim includes), at whatever moment the request runs: like any buffer the kernel writes, it
+// lives on the heap until the CQE has arrived.
 
-let STATX_NLINK: UInt32 = 0x4, STATX_SIZE: UInt32 = 0x200, STATX_BLOCKS: UInt32 = 0x400
-let statxBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
-statxBuffer.initializeMemory(as: UInt8.self, repeating: 0)
+let statxBuffer = UnsafeMutablePointer<statx>.allocate(capacity: 1)
+statxBuffer.initialize(to: statx())
 let text = Array("written by ring\n".utf8)
 let writeBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: text.count, alignment: 8)
 writeBuffer.copyBytes(from: text)
@@ -281,7 +280,7 @@ if fd >= 0 {
 
     sqe = prepare(ring, "statx \(tmpName)", &labels, &nextUserData)
     io_uring_prep_statx(sqe, dirfd, cString(tmpName, &cStrings), AT_SYMLINK_NOFOLLOW,
-                        STATX_NLINK | STATX_SIZE | STATX_BLOCKS, OpaquePointer(statxBuffer.baseAddress))
+                        UInt32(STATX_NLINK | STATX_SIZE | STATX_BLOCKS), statxBuffer)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     statxID = sqe.pointee.user_data
     chainIDs.append(statxID)
@@ -334,11 +333,9 @@ if fd >= 0 {
     // statx's answer is in our buffer once its CQE has arrived with res 0. stx_mask says which
     // fields the kernel filled in.
     if results[statxID] == 0 {
-        let mask = statxBuffer.load(fromByteOffset: 0, as: UInt32.self)  // stx_mask
-        let nlink = statxBuffer.load(fromByteOffset: 16, as: UInt32.self)  // stx_nlink
-        let fileSize = statxBuffer.load(fromByteOffset: 40, as: UInt64.self)  // stx_size
-        let blocks = statxBuffer.load(fromByteOffset: 48, as: UInt64.self)  // stx_blocks
-        if mask & STATX_SIZE != 0 {
+        let answer = statxBuffer.pointee
+        let (mask, nlink, fileSize, blocks) = (answer.stx_mask, answer.stx_nlink, answer.stx_size, answer.stx_blocks)
+        if mask & UInt32(STATX_SIZE) != 0 {
             print("statx: stx_size=\(fileSize) stx_nlink=\(nlink) stx_blocks=\(blocks) (512-byte blocks allocated)")
         } else {
             print("statx: the kernel did not fill in stx_size (stx_mask=0x\(String(mask, radix: 16)))")
