@@ -235,9 +235,10 @@ for name in [dirName, tmpName] {
 // A linked request's SQE is filled in before anything runs, so it can only name an fd we
 // already know. The fd of a file we are about to create arrives in openat's CQE, too late
 // for the SQEs after it. So the openat goes alone, and the chain that uses its fd follows.
-// (Lesson 30, coming later, removes this break: io_uring_prep_openat_direct puts the new file into a slot
-// of a registered file table that we choose in advance, and the later links name that slot
-// with IOSQE_FIXED_FILE. With plain fds, one openat and then one chain is the honest shape.)
+// (Lesson 30, coming later, removes this break: io_uring_prep_openat_direct puts the new
+// file into a slot of a registered file table that we choose in advance, and the later links
+// name that slot with IOSQE_FIXED_FILE. With plain fds, one openat and then one chain is the
+// honest shape.)
 //
 // O_EXCL makes the openat fail with -EEXIST if the name was taken after all (section 6): a
 // file it does create is certainly ours, which the cleanup relies on.
