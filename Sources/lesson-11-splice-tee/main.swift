@@ -40,8 +40,9 @@ let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_SPLICE, IORING_OP_TEE)
 
 // The default source: 200 lines of 50 bytes, 10000 bytes in all. That is less than a pipe
-// holds (64 KiB by default), so one splice moves the whole file. A file named on the command
-// line may be larger: then every copy below goes round by round, a pipe-full at a time.
+// holds (16 pages by default: 64 KiB with 4 KiB pages), so one splice moves the whole file
+// into pipe A. A file named on the command line may be larger: then every copy below goes
+// round by round, a pipe-full at a time.
 var defaultText: [UInt8] = []
 for line in 1...200 {
     let number = String(line)
@@ -52,6 +53,9 @@ let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: 
 
 // A splice from a pipe, a socket or /dev/zero works too, but has no size to copy and compare,
 // so SRC must be a regular file. (Checked before opening: opening a FIFO would wait for a writer.)
+// The copies are sized by st_size, so it must also be a file whose size stat reports truthfully:
+// files in /proc and /sys do not (most say 0 or 4096 bytes whatever they hold), and with one
+// of those the lesson copies nothing, or stops at the first splice that moves less.
 var info = stat()
 guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(errnoName(errno))") }
 guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
@@ -89,9 +93,13 @@ func bytesIn(_ pipe: Pipe) -> Int32 {
 let pipeA = makePipe("pipe A")
 let pipeB = makePipe("pipe B")
 let pipeC = makePipe("pipe C")
-let capacity = Int(fcntl(pipeA.write, F_GETPIPE_SZ))
-guard capacity > 0 else { fail("F_GETPIPE_SZ: \(errnoName(errno))") }
-print("pipes A and B: capacity \(capacity) bytes each (F_GETPIPE_SZ)")
+let capacityA = Int(fcntl(pipeA.write, F_GETPIPE_SZ))
+guard capacityA > 0 else { fail("F_GETPIPE_SZ: \(errnoName(errno))") }
+let capacityB = Int(fcntl(pipeB.write, F_GETPIPE_SZ))
+guard capacityB > 0 else { fail("F_GETPIPE_SZ: \(errnoName(errno))") }
+print("pipe A: capacity \(capacityA) bytes, pipe B: capacity \(capacityB) bytes (F_GETPIPE_SZ)")
+// A round must fit in pipe A, and the tee must fit all of it into pipe B.
+let capacity = min(capacityA, capacityB)
 
 // The four copies go into a temp directory of their own, removed at exit.
 let outputDirectory = makeTempDir("lesson-11")
@@ -117,6 +125,9 @@ let smallPipeCopy = createDestination("small-pipe-copy.txt")
 // are ever prepared before a submit that reaps them all, so io_uring_get_sqe cannot return nil
 // here (the guard ends the lesson with an error line if it ever did).
 
+// `labels` and `nextUserData` are top-level variables, which Swift 6 makes main-actor globals;
+// the functions below take them as arguments instead of reaching for them, which is all the
+// `&labels, &nextUserData` at each call is about.
 var labels: [UInt64: String] = [:]
 var nextUserData: UInt64 = 1
 
@@ -154,9 +165,9 @@ func roundsNotShown(_ rounds: Int) {
 
 /// The rule every CQE below is checked against: it moved exactly the bytes we asked for.
 func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: [UInt64: String]) {
-    guard cqe.res == Int32(bytes) else {
-        fail("\(labels[cqe.user_data] ?? "?") moved \(describe(res: cqe.res)) bytes, expected \(bytes)")
-    }
+    let label = labels[cqe.user_data] ?? "?"
+    guard cqe.res >= 0 else { fail("\(label) completed with res=\(describe(res: cqe.res))") }
+    guard cqe.res == Int32(bytes) else { fail("\(label) moved \(cqe.res) bytes, expected \(bytes)") }
 }
 
 // MARK: - 3. splice and tee, one request at a time
@@ -173,7 +184,8 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: [UInt64: String]) {
 // shows that: after the tee both pipes hold the bytes.
 //
 // Here each request waits for the one before: the tee must not run before pipe A has data
-// (on an empty pipe it would wait for a writer), and pipe A must not be drained before the tee.
+// (on an empty pipe it would wait for data, an io-wq worker blocked until some arrives), and
+// pipe A must not be drained before the tee.
 // Section 4 gets the same ordering from the kernel with IOSQE_IO_LINK.
 //
 // splice and tee may wait on a pipe, so io_uring always runs them in one of its worker threads
@@ -306,7 +318,9 @@ while offset < size {
     var moved = Int(first.res)
     if moved > 0 && moved < want && second.res == -ECANCELED {
         // The short splice broke the chain; its bytes wait in the pipe. Move them with a lone
-        // splice of exactly that many bytes: the pipe holds them, so it cannot wait for more.
+        // splice of exactly that many bytes. A splice out of a pipe waits only while the pipe
+        // is empty, and returns once it has moved what the pipe held (up to what was asked):
+        // here the pipe holds exactly `moved` bytes, so it moves them all.
         if show { print("  in pipe C now (FIONREAD): \(bytesIn(pipeC)) bytes, left by the cancelled link") }
         sqe = prepare(ring, "splice pipe C -> \(smallPipeCopy.name)", &labels, &nextUserData)
         io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(moved), 0)

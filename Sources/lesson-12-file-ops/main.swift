@@ -3,16 +3,18 @@
 // io_uring is not only for reads and writes. Most of the system calls a program makes on
 // files and directories exist as opcodes: openat, write, fallocate, sync_file_range, fsync,
 // fadvise, statx, close, mkdirat, renameat, linkat, symlinkat, unlinkat. A whole sequence of
-// them can go to the kernel as one linked chain, in one submit: "create a temp file, fill it,
-// flush it, close it, then move it into place under a new directory and link to it" becomes
-// one io_uring_enter instead of a dozen system calls (the idea of zig-uring's "uring_os").
+// them can go to the kernel as one linked chain: "fill a new file, flush it, close it, then
+// move it into place under a new directory and link to it" becomes one
+// io_uring_submit_and_wait, a single io_uring_enter that submits the eleven requests and waits
+// for their eleven CQEs, instead of eleven system calls.
 //
 // The lesson works in a directory (a fresh temp dir, or DIR), lists it, builds its files
 // there with one openat and one chain of eleven linked requests, lists it again, and then
 // removes exactly what it created, again through the ring, and shows that the listing is
-// back to what it was. If a step fails (try a DIR that already holds a `uring-os`), the
-// cleanup still removes exactly what the other steps created, and nothing else. (On Linux 6.18
-// a failed mkdirat does not even stop the chain: section 7 shows why that must not matter.)
+// back to what it was. It touches only names it creates: if DIR already holds a `uring-os` or
+// a `uring-os.tmp` (of any kind, a symlink included), it refuses before creating anything.
+// If a step inside the chain fails (try `ulimit -f 0`: the write fails with -EFBIG), the
+// cleanup removes exactly what the other steps created, and nothing else.
 //
 // Usage: lesson-12-file-ops [DIR]   (without DIR it works in a new temp directory)
 //
@@ -69,8 +71,14 @@ let symlinkTarget = "data.bin"  // relative to the symlink's own directory
 // MARK: - 3. Submitting and printing
 //
 // As in lesson 07: each SQE gets the next user_data and a label; a chain goes in with one
-// io_uring_submit, and its CQEs are printed in the order they arrive. `results` keeps every
-// request's res by user_data, so the cleanup can tell what really happened.
+// io_uring_submit_and_wait(ring, count) (lesson 06): one io_uring_enter submits it and returns
+// once all `count` CQEs are posted, so the io_uring_wait_cqe calls after it find each CQE
+// already there and make no system call. The CQEs are printed in the order they arrive.
+// `results` keeps every request's res by user_data, so the cleanup can tell what really happened.
+//
+// `labels`, `results` and `nextUserData` are top-level variables, which Swift 6 makes
+// main-actor globals; the functions take them as (inout) arguments rather than reach for them,
+// which is all the `&labels, &nextUserData` at each call is about.
 //
 // io_uring_get_sqe returns nil only when the SQ is full. The ring has 16 entries and the
 // longest chain 11 SQEs, each chain submitted and reaped before the next is prepared, so it
@@ -92,9 +100,11 @@ func prepare(_ ring: UnsafeMutablePointer<io_uring>, _ label: String,
 /// Submit what is prepared, wait for every CQE, print each in arrival order and record its res.
 func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: [UInt64: String],
                     results: inout [UInt64: Int32], numbered: Bool = true) {
-    let submitted = io_uring_submit(ring)
-    if numbered { print("io_uring_submit = \(describe(res: submitted))") }
-    guard submitted == count else { fail("io_uring_submit returned \(describe(res: submitted)), expected \(count)") }
+    let submitted = io_uring_submit_and_wait(ring, UInt32(count))
+    if numbered { print("io_uring_submit_and_wait = \(describe(res: submitted))") }
+    guard submitted == count else {
+        fail("io_uring_submit_and_wait returned \(describe(res: submitted)), expected \(count)")
+    }
     for position in 1...count {
         var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
         let ret = io_uring_wait_cqe(ring, &cqePointer)
@@ -184,17 +194,54 @@ func printListing(_ title: String, _ lines: [String]) {
 let before = listing(directory)
 printListing("listing before:", before)
 
-// MARK: - 6. openat: the one request that cannot be in the chain
+// MARK: - 6. Only names that do not exist yet
+//
+// The chain must never act on anything that is not the lesson's own. A request that fails
+// does not reliably stop the chain (section 8), so this is checked before the chain, not left
+// to it: had DIR a directory `uring-os` of the user's, mkdirat would fail with -EEXIST and the
+// renameat, linkat and symlinkat after it would still run, inside that directory; were
+// `uring-os` a symlink, they would follow it and create names in another directory altogether.
+// So fstatat with AT_SYMLINK_NOFOLLOW (it looks at the name itself, never where a symlink
+// points) must answer ENOENT for both names the lesson creates, relative to the same dirfd the
+// chain uses. Anything else, and the lesson stops here, DIR untouched.
+//
+// (This is check-then-act: a process creating `uring-os` in DIR between this check and the
+// chain would still win the race. O_EXCL, mkdirat, RENAME_NOREPLACE, linkat and symlinkat
+// never replace a name, so even then nothing of anyone's is overwritten or removed.)
+
+for name in [dirName, tmpName] {
+    var info = stat()
+    if fstatat(dirfd, name, &info, AT_SYMLINK_NOFOLLOW) == 0 {
+        let kind: String
+        switch info.st_mode & S_IFMT {
+        case S_IFDIR: kind = "a directory"
+        case S_IFLNK: kind = "a symlink"
+        case S_IFREG: kind = "a file"
+        default: kind = "something"
+        }
+        close(dirfd)
+        fail("\(directory) already holds \(kind) named \(name); the lesson only creates names that "
+            + "do not exist yet, so it leaves \(directory) untouched")
+    }
+    let error = errno
+    if error != ENOENT {
+        close(dirfd)
+        fail("cannot check \(directory)/\(name): fstatat failed with \(errnoName(error))")
+    }
+}
+
+// MARK: - 7. openat: the one request that cannot be in the chain
 //
 // A linked request's SQE is filled in before anything runs, so it can only name an fd we
 // already know. The fd of a file we are about to create arrives in openat's CQE, too late
 // for the SQEs after it. So the openat goes alone, and the chain that uses its fd follows.
-// (Lesson 30 removes this break: io_uring_prep_openat_direct puts the new file into a slot
-// of a registered file table that we choose in advance, and the later links name that slot
-// with IOSQE_FIXED_FILE. With plain fds, one openat and then one chain is the honest shape.)
+// (Lesson 30, coming later, removes this break: io_uring_prep_openat_direct puts the new
+// file into a slot of a registered file table that we choose in advance, and the later links
+// name that slot with IOSQE_FIXED_FILE. With plain fds, one openat and then one chain is the
+// honest shape.)
 //
-// O_EXCL makes the openat fail with -EEXIST if the name is taken: a file it does create is
-// certainly ours, which the cleanup relies on.
+// O_EXCL makes the openat fail with -EEXIST if the name was taken after all (section 6): a
+// file it does create is certainly ours, which the cleanup relies on.
 
 let openSQE = prepare(ring, "openat \(tmpName) O_CREAT|O_EXCL|O_RDWR", &labels, &nextUserData)
 io_uring_prep_openat(openSQE, dirfd, cString(tmpName, &cStrings), O_CREAT | O_EXCL | O_RDWR, 0o644)
@@ -202,7 +249,7 @@ let openID = openSQE.pointee.user_data
 submitAndPrint(ring, count: 1, labels: labels, results: &results, numbered: false)
 let fd = results[openID] ?? -1
 
-// MARK: - 7. The chain: eleven requests, one submit
+// MARK: - 8. The chain: eleven requests, one submit
 //
 // Every SQE but the last carries IOSQE_IO_LINK: each starts only when the one before it has
 // completed. If one fails, the later links should complete with -ECANCELED without running
@@ -225,12 +272,13 @@ let fd = results[openID] ?? -1
 // On the Linux 6.18 this lab was written on, that holds for openat, read, write, close and
 // fadvise, but not for fallocate, sync_file_range, fsync, statx, mkdirat, renameat, linkat,
 // symlinkat and unlinkat: they post their -errno and the next link runs anyway (unless the
-// failure comes before the request starts, such as an fd that is not open). A DIR that already
-// holds a `uring-os` shows it: mkdirat fails with -EEXIST, and the renameat after it still runs
-// and moves our file into that existing directory. So a chain stopping must never be what keeps
-// you safe. Here every request that creates a name refuses to replace one (O_EXCL, mkdirat,
-// RENAME_NOREPLACE, linkat and symlinkat never replace), so a chain running on past a failure
-// can add names but never destroy any, and the cleanup goes by each CQE, not by the plan.
+// failure comes before the request starts, such as an fd that is not open). Had mkdirat failed
+// with -EEXIST, the renameat after it would still have moved our file into whatever `uring-os`
+// was there. So a chain stopping must never be what keeps you safe: section 6 made sure every
+// name is new, every request that creates a name refuses to replace one, and the cleanup goes
+// by each CQE, not by the plan. A failure that does break the chain: run the lesson under
+// `ulimit -f 0` (no file may grow), the write fails with -EFBIG and the ten links after it
+// complete with -ECANCELED.
 //
 // statx writes its answer into a `struct statx` of ours (from linux/stat.h, which the CLiburing
 // shim includes), at whatever moment the request runs: like any buffer the kernel writes, it
@@ -250,9 +298,10 @@ var renameatID: UInt64 = 0, linkatID: UInt64 = 0, symlinkatID: UInt64 = 0
 if fd >= 0 {
     print("one chain of 11 linked requests:")
 
-    // The flags are set after the prep call: every io_uring_prep_* starts by zeroing the SQE's
-    // flags, so a link flag set before it would silently vanish, and the requests would run
-    // unordered, all at once.
+    // The flags are set after the prep call: every io_uring_prep_* here goes through liburing's
+    // io_uring_prep_rw, which writes every field of the SQE except user_data (set by prepare),
+    // flags = 0 included. A link flag set before it would silently vanish, and the requests
+    // would run unordered, all at once.
     var sqe = prepare(ring, "write \(text.count) bytes at 0", &labels, &nextUserData)
     io_uring_prep_write(sqe, fd, writeBuffer.baseAddress, UInt32(text.count), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
@@ -348,18 +397,19 @@ if fd >= 0 {
 statxBuffer.deallocate()
 writeBuffer.deallocate()
 
-// MARK: - 8. Cleaning up: exactly what we created, through the ring
+// MARK: - 9. Cleaning up: exactly what we created, through the ring
 //
-// What exists is not the same as what is ours: if `uring-os` was there before us, mkdirat
-// failed with -EEXIST and that directory must stay, with whatever it held. So the cleanup goes
-// by the CQEs: each request that succeeded created one name (none of them can have replaced
-// one), and that is what gets removed, newest first:
+// What exists is not the same as what is ours: had someone created `uring-os` after section
+// 6's check, mkdirat failed with -EEXIST and that directory must stay, with whatever it held.
+// So the cleanup goes by the CQEs: each request that succeeded created one name (none of them
+// can have replaced one), and that is what gets removed, newest first:
 //   symlinkat succeeded -> unlinkat uring-os/symlink.bin
 //   linkat succeeded    -> unlinkat uring-os/hardlink.bin
 //   renameat succeeded  -> unlinkat uring-os/data.bin, else openat succeeded -> uring-os.tmp
 //   mkdirat succeeded   -> unlinkat uring-os with AT_REMOVEDIR (rmdir: it must be empty)
-// plus a close of the file's fd if the chain never got to close it, and last the close of the
-// directory fd. These go as one chain with IOSQE_IO_HARDLINK: the order is kept (the directory
+// plus a close of the file's fd if the chain's close never ran (-ECANCELED), and last the close
+// of the directory fd. A close that ran and failed is not retried: Linux releases the fd even
+// when close reports an error, and a second close could hit an fd opened since. These go as one chain with IOSQE_IO_HARDLINK: the order is kept (the directory
 // is removed after the files in it) but a failed step does not cancel the rest.
 //
 // Should a removal fail through the ring anyway, plain unlinkat(2) gets a second try.
@@ -378,7 +428,7 @@ if succeeded(mkdiratID, results) { removals.append((dirName, AT_REMOVEDIR)) }
 print("cleanup, one chain with IOSQE_IO_HARDLINK:")
 var removalIDs: [(id: UInt64, name: String, flags: Int32)] = []
 var cleanupCount = 0
-if fd >= 0 && !succeeded(closeID, results) {
+if fd >= 0 && results[closeID] == -ECANCELED {
     let sqe = prepare(ring, "close the file's fd", &labels, &nextUserData)
     io_uring_prep_close(sqe, fd)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
@@ -410,7 +460,10 @@ for removal in removalIDs where results[removal.id] != 0 {
 for copy in cStrings { free(copy) }
 destroyRing(ring)
 
-// MARK: - 9. Is the directory as we found it?
+// MARK: - 10. Is the directory as we found it?
+//
+// As far as the listing can tell: the same names, types, sizes, link counts and symlink
+// targets. DIR's own mtime and ctime do change, since names were added to it and removed.
 
 let after = listing(directory)
 printListing("listing after cleanup:", after)

@@ -10,6 +10,7 @@ final class Lesson11Tests: XCTestCase {
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         let lines = run.stdoutLines
         for line in [
+            "pipe A: capacity 65536 bytes, pipe B: capacity 65536 bytes (F_GETPIPE_SZ)",
             "  in the pipes now (FIONREAD): A 10000 bytes, B 10000 bytes",
             "  CQE 2: splice pipe A -> linked-copy.txt: user_data=6 res=10000 flags=0",
             "  CQE 1: splice source -> pipe C: user_data=7 res=4096 flags=0  <- short: 4096 of 10000 bytes",
@@ -49,6 +50,16 @@ final class Lesson11Tests: XCTestCase {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
         XCTAssertLessThan(lines.count, 80, "output is bounded\n\(run.transcript)")
+    }
+
+    /// The limitation the prose states: copies are sized by st_size, and /proc reports 0 bytes,
+    /// so nothing is copied (and the empty copies match the "empty" source).
+    func testProcFileWhoseSizeStatDoesNotTell() throws {
+        let run = try Lesson("11").run(["/proc/self/status"])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        XCTAssert(run.stdoutLines.contains("source: /proc/self/status, 0 bytes"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("splice-copy.txt: 0 bytes, identical to the source"), run.transcript)
     }
 
     func testMissingFile() throws {

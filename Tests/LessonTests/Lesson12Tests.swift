@@ -8,7 +8,7 @@ final class Lesson12Tests: XCTestCase {
         let run = try Lesson("12").runAndCompareWithProse()
         let lines = run.stdoutLines
         for line in [
-            "io_uring_submit = 11",
+            "io_uring_submit_and_wait = 11",
             "CQE 2: fallocate 65536 bytes at 0: user_data=4 res=0 flags=0",
             "  uring-os/data.bin  (file, 65536 bytes, 2 links)",
             "  uring-os/symlink.bin -> data.bin  (symlink)",
@@ -37,30 +37,94 @@ final class Lesson12Tests: XCTestCase {
         XCTAssertEqual(try snapshot(dir), before, run.transcript)
     }
 
-    /// The failure path: DIR already holds a directory `uring-os`. mkdirat fails with -EEXIST;
-    /// whatever the other links did (this kernel lets them run), the cleanup removes exactly the
-    /// names the lesson created and DIR ends as it was, `uring-os/keep.txt` included.
-    func testFailedMkdiratLeavesDirectoryAsItWas() throws {
+    /// DIR holds a `uring-os` that is a symlink to a directory outside DIR: the lesson refuses
+    /// before creating anything, and neither DIR nor the directory the symlink points to changes.
+    func testSymlinkNamedUringOsIsRefused() throws {
+        let parent = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: parent) }
+        let dir = parent.appendingPathComponent("dir")
+        let outside = parent.appendingPathComponent("outside")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: false)
+        try Data("outside\n".utf8).write(to: outside.appendingPathComponent("keep.txt"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("uring-os").path,
+                                                   withDestinationPath: "../outside")
+        let before = try snapshot(dir), outsideBefore = try snapshot(outside)
+
+        let run = try Lesson("12").run([dir.path])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "already holds a symlink named uring-os", "untouched")
+        XCTAssertFalse(run.stdout.contains("one chain of 11"), run.transcript)
+        XCTAssertEqual(try snapshot(dir), before, run.transcript)
+        XCTAssertEqual(try snapshot(outside), outsideBefore, run.transcript)
+    }
+
+    /// A real directory `uring-os` of the user's is not ours either: refused, left as it was.
+    func testExistingDirectoryNamedUringOsIsRefused() throws {
         let dir = try makeDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let existing = dir.appendingPathComponent("uring-os")
         try FileManager.default.createDirectory(at: existing, withIntermediateDirectories: false)
         try Data("keep\n".utf8).write(to: existing.appendingPathComponent("keep.txt"))
-        try Data("hi\n".utf8).write(to: dir.appendingPathComponent("notes.txt"))
-        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("link").path,
-                                                   withDestinationPath: "notes.txt")
+        try Data("keep\n".utf8).write(to: existing.appendingPathComponent("data.bin"))
         let before = try snapshot(dir)
 
         let run = try Lesson("12").run([dir.path])
         try run.skipIfSkipped()
-        run.assertError(mentioning: "mkdirat uring-os completed with res=-EEXIST (-17)", "is as it was")
-        let lines = run.stdoutLines
-        XCTAssert(lines.contains("CQE 8: mkdirat uring-os: user_data=10 res=-EEXIST (-17) flags=0"), run.transcript)
-        XCTAssert(lines.contains("listing after cleanup equals listing before: yes"), run.transcript)
+        run.assertError(mentioning: "already holds a directory named uring-os", "untouched")
+        XCTAssertFalse(run.stdout.contains("one chain of 11"), run.transcript)
         XCTAssertEqual(try snapshot(dir), before, run.transcript)
     }
 
-    /// The openat fails (the temp name is taken): no chain runs, the file is untouched.
+    /// A step fails inside the chain: under `ulimit -f 0` (SIGXFSZ ignored) the write fails
+    /// with -EFBIG, the ten links after it are cancelled, and the cleanup closes the fd and
+    /// removes `uring-os.tmp`: DIR ends exactly as found. The prose shows this run.
+    func testFailedWriteInsideChainLeavesDirectoryAsItWas() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data("hello\n".utf8).write(to: dir.appendingPathComponent("notes.txt"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("link").path,
+                                                   withDestinationPath: "notes.txt")
+        let before = try snapshot(dir)
+
+        // stdout and stderr are pipes: under ulimit -f 0 a file could not take the output either.
+        let lesson = try Lesson("12")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "trap '' XFSZ; ulimit -f 0; exec \"$0\" \"$1\"", lesson.executable.path, dir.path]
+        let out = Pipe(), err = Pipe()
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let transcript = "exit \(process.terminationStatus)\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)"
+        if process.terminationStatus == 77 { throw XCTSkip(transcript) }
+
+        XCTAssertEqual(process.terminationStatus, 1, transcript)
+        XCTAssertEqual(stderr, "error: write 16 bytes at 0 completed with res=-EFBIG (-27); \(dir.path) is as it was\n",
+                       transcript)
+        let lines = stdout.components(separatedBy: "\n")
+        for line in [
+            "CQE 1: write 16 bytes at 0: user_data=3 res=-EFBIG (-27) flags=0",
+            "CQE 7: close the file's fd: user_data=9 res=-ECANCELED (-125) flags=0",
+            "CQE 11: symlinkat uring-os/symlink.bin -> data.bin: user_data=13 res=-ECANCELED (-125) flags=0",
+            "write 16 bytes at 0 failed: the 10 links after it were cancelled",
+            "  uring-os.tmp  (file, 0 bytes, 1 link)",
+            "io_uring_submit_and_wait = 3",
+            "CQE 1: close the file's fd: user_data=14 res=0 flags=0",
+            "CQE 2: unlinkat uring-os.tmp: user_data=15 res=0 flags=0",
+            "CQE 3: close the directory fd: user_data=16 res=0 flags=0",
+            "listing after cleanup equals listing before: yes",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(transcript)")
+        }
+        XCTAssertEqual(try snapshot(dir), before, transcript)
+    }
+
+    /// The temp name is taken: refused before the openat, no chain runs, the file is untouched.
     func testTakenTempNameLeavesDirectoryAsItWas() throws {
         let dir = try makeDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -69,7 +133,7 @@ final class Lesson12Tests: XCTestCase {
 
         let run = try Lesson("12").run([dir.path])
         try run.skipIfSkipped()
-        run.assertError(mentioning: "openat uring-os.tmp completed with res=-EEXIST (-17)")
+        run.assertError(mentioning: "already holds a file named uring-os.tmp", "untouched")
         XCTAssertFalse(run.stdout.contains("one chain of 11"), run.transcript)
         XCTAssertEqual(try snapshot(dir), before, run.transcript)
     }
