@@ -5,9 +5,8 @@
 // returns NULL (nil in Swift) when every slot holds an SQE the kernel has not consumed yet.
 // Nothing is lost and nothing blocks: it is the signal to submit what we have, which frees the
 // slots, and to carry on. A program with more work than the ring holds therefore splits it
-// into batches of at most `sq_entries` SQEs, one submit each: the idea behind the batch
-// splitting of the Haskell io-uring binding, and what this lesson does with 64 NOPs through
-// a ring of 8.
+// into batches of at most `sq_entries` SQEs, one submit each: what this lesson does with 64
+// NOPs through a ring of 8.
 //
 // The completion side has a limit too: the CQ (16 entries here, twice the SQ) must have room
 // for every CQE the kernel posts. So we reap the completions of each batch before submitting
@@ -99,15 +98,18 @@ print("io_uring_cq_ready = \(readyAfterFirst): reaped \(firstReaped) CQEs, \(fir
 // Batch splitting, as one loop:
 //   fill:   take SQEs while there is work left AND get_sqe gives one (nil = SQ full)
 //   submit: io_uring_submit_and_wait(ring, n) submits the batch and waits until n CQEs are
-//           there, in ONE io_uring_enter(2) call (to_submit = n, min_complete = n)
+//           there, in ONE io_uring_enter(2) call (to_submit = every SQE pending in the SQ,
+//           min_complete = n; here both are the batch's size)
 //   reap:   consume every CQE of the batch, which frees their CQ slots
 //
 // Why this never overflows the CQ: a batch is at most sq_entries (8) requests, we wait for all
 // of them and reap them all before the next submit, so the CQ holds at most 8 CQEs of its 16.
 // Without the reaping, three batches of NOPs would post 24 CQEs into 16 slots. Since Linux 5.5
 // (IORING_FEAT_NODROP) the kernel then keeps the extra CQEs on a side list in kernel memory
-// and sets IORING_SQ_CQ_OVERFLOW, rather than dropping them (lesson 28), but that list costs
-// memory and slows every enter down, and older kernels simply lose the completions.
+// rather than dropping them, and since 5.8 it also sets IORING_SQ_CQ_OVERFLOW in the SQ ring's
+// flags, which is what io_uring_cq_has_overflow reads (lesson 28, later in the lab, is about
+// overflow). That list costs memory and slows every enter down, and kernels before 5.5 simply
+// lose the completions.
 //
 // Note the order in the fill condition: we check for work *before* asking for an SQE, because
 // an SQE we took but did not prepare would still be submitted.

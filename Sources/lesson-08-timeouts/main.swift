@@ -15,9 +15,10 @@
 //
 // This lesson prints every CQE by name, in the order it arrived.
 //
-// Read next: man 3 io_uring_prep_timeout, man 3 io_uring_prep_link_timeout,
-// man 3 io_uring_prep_timeout_remove, man 3 io_uring_wait_cqe_timeout, man 2 io_uring_enter
-// (IORING_OP_TIMEOUT, IORING_OP_LINK_TIMEOUT, IORING_OP_TIMEOUT_REMOVE).
+// Read next: man 3 io_uring_prep_timeout, man 3 io_uring_prep_timeout_remove,
+// man 3 io_uring_wait_cqe_timeout, man 2 io_uring_enter (IORING_OP_TIMEOUT,
+// IORING_OP_LINK_TIMEOUT, IORING_OP_TIMEOUT_REMOVE; liburing 2.3 has no page of its own for
+// io_uring_prep_link_timeout).
 
 #if canImport(Glibc)
 import Glibc
@@ -156,7 +157,9 @@ countTime.deallocate()
 //
 // A user_data that matches no pending timeout gives -ENOENT: here the timer of section 2,
 // which fired long ago, and 999, which was never used. (A timeout caught at the very moment
-// it fires gives -EALREADY: too late to cancel, its CQE is on the way.)
+// it fires gives -EALREADY: too late to cancel, its CQE is on the way. That is what
+// man 3 io_uring_prep_timeout_remove and the kernel's code say; man 2 io_uring_enter says
+// -EBUSY.)
 
 print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
 let longTime = makeTimespec(milliseconds: 10_000)

@@ -4,8 +4,9 @@
 // file: it *scatters*. writev(2) takes several buffers and writes them as one contiguous run:
 // it *gathers*. Each buffer is described by an iovec, { base address, length }, and the
 // request carries the address of an array of them and their count. IORING_OP_READV and
-// IORING_OP_WRITEV are io_uring's oldest I/O opcodes (Linux 5.1), older than the plain
-// READ and WRITE of lesson 04 (5.6): for a year and a half they were the only way to read.
+// IORING_OP_WRITEV are io_uring's oldest I/O opcodes (Linux 5.1, May 2019), older than the
+// plain READ and WRITE of lesson 04 (5.6, March 2020): for those ten months a read through
+// the ring was a readv, or a READ_FIXED into a registered buffer (lesson 14, later in the lab).
 //
 // The lesson gathers three buffers into one write to a temp file, scatters the file back
 // into four buffers of different sizes with one read, and then reads it once more the way
@@ -43,8 +44,14 @@ let ring = makeRing(entries: 4)
 //
 // The work is done by `cat(_:_:)`, in section 5. Files are read in the order given and
 // their bytes written to standard output, nothing else; the first file that cannot be opened
-// or read ends the lesson with one error line and exit 1 (section 5 says which errors).
+// or read ends the lesson with one error line and exit 1 (section 5 says which errors). That
+// is simpler than cat, which reports a bad file and goes on with the next, exiting 1 at the
+// end. Standard input, `-` for cat, is not read here: every request has an explicit offset,
+// which a pipe or a terminal does not have. A file named `-` is still `./-`.
 
+if arguments.contains("-") {
+    fail("- (standard input) is not supported: give FILE paths (a file named - is ./-)")
+}
 if !arguments.isEmpty {
     for path in arguments {
         _ = cat(path, ring)
@@ -156,6 +163,14 @@ close(fd)
 // Errors: a file that cannot be opened is open(2)'s errno (ENOENT for a missing file); a
 // directory opens fine, and it is the readv's CQE that says -EISDIR. Either way the lesson
 // prints one error line and exits 1, having closed the file and freed the buffers.
+//
+// One more check, cat's: `cat f >> f` would read what it has just appended, forever. So if
+// standard output is a regular file and the input is that same file (same device and inode,
+// from fstat(2)), the lesson refuses it, as GNU cat does: "input file is output file".
+//
+// The buffers need no special alignment: a buffered read copies from the page cache to any
+// address. (Reads with O_DIRECT, lesson 16 later in the lab, are the ones that need aligned
+// buffers.)
 
 /// Copy the file at `path` to standard output through readv. Returns the number of bytes and
 /// of readv requests (the last one being the read that returned 0).
@@ -163,11 +178,18 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
 
+    var input = stat(), output = stat()
+    if fstat(fd, &input) == 0, fstat(STDOUT_FILENO, &output) == 0,
+       output.st_mode & S_IFMT == S_IFREG, input.st_dev == output.st_dev, input.st_ino == output.st_ino {
+        close(fd)
+        fail("cannot cat \(path): input file is output file")
+    }
+
     let iovecCount = 4
     let bufferSize = 4096
     let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: iovecCount)
     for index in 0..<iovecCount {
-        iovecs[index] = iovec(iov_base: UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096),
+        iovecs[index] = iovec(iov_base: UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8),
                               iov_len: bufferSize)
     }
     func release() {

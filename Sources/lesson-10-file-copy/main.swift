@@ -86,12 +86,15 @@ print("copy:   \(copyPath)")
 //   DST, if it exists, must be a regular file too, and must not be SRC itself: not the same
 //   path, nor `./name` for `name`, nor a hard or symbolic link to it. Names cannot tell; the
 //   (device, inode) pair can.
+//   DST must not be a dangling symbolic link: open with O_CREAT would follow it and create
+//   the file it names, somewhere else. cp refuses that ("not writing through dangling
+//   symlink"), and so do we. lstat(2) looks at the link itself, where stat(2) follows it.
 //   DST is opened WITHOUT O_TRUNC. If a name changed between our stat and our open, the open
 //   could have reached SRC after all, and O_TRUNC would have emptied it before we could look.
 //   So fstat(2) checks the open fds again, and only then does ftruncate(2) empty DST.
 //
 // (A directory as DST is an error here, where cp would copy into it. A DST whose directory
-// does not exist is -ENOENT from open, one we may not write -EACCES or -EROFS.)
+// does not exist fails at open with ENOENT; one we may not write, with EACCES or EROFS.)
 
 /// Close `fds`, then exit 1 with one `error:` line. Used before any request is in flight.
 func refuse(_ message: String, closing fds: Int32...) -> Never {
@@ -101,6 +104,9 @@ func refuse(_ message: String, closing fds: Int32...) -> Never {
 
 func isRegularFile(_ info: stat) -> Bool { info.st_mode & S_IFMT == S_IFREG }
 func sameFile(_ a: stat, _ b: stat) -> Bool { a.st_dev == b.st_dev && a.st_ino == b.st_ino }
+
+/// "1 block", "2 blocks": the count and the noun, in the plural unless the count is 1.
+func plural(_ count: Int, _ noun: String) -> String { "\(count) \(noun)" + (count == 1 ? "" : "s") }
 
 func kindOfFile(_ info: stat) -> String {
     switch info.st_mode & S_IFMT {
@@ -123,6 +129,8 @@ if stat(copyPath, &copyInfo) == 0 {
         fail("SRC \(sourcePath) and DST \(copyPath) are the same file (inode \(copyInfo.st_ino)): nothing copied")
     }
     guard isRegularFile(copyInfo) else { fail("cannot copy to DST \(copyPath): it is \(kindOfFile(copyInfo))") }
+} else if lstat(copyPath, &copyInfo) == 0 && copyInfo.st_mode & S_IFMT == S_IFLNK {
+    fail("cannot copy to DST \(copyPath): not writing through dangling symlink")
 }
 
 let sourceFD = open(sourcePath, O_RDONLY | O_CLOEXEC)
@@ -149,8 +157,8 @@ guard ftruncate(copyFD, 0) == 0 else {
 // planned block is done, the loop reads once more past the end, and goes on if that read
 // finds more.
 let sourceSize = UInt64(sourceInfo.st_size)
-let plannedBlocks = (sourceSize + UInt64(blockSize) - 1) / UInt64(blockSize)
-print("plan: \(sourceSize) bytes (fstat) in \(plannedBlocks) blocks of at most \(blockSize) bytes, "
+let plannedBlocks = Int((sourceSize + UInt64(blockSize) - 1) / UInt64(blockSize))
+print("plan: \(sourceSize) bytes (fstat) in \(plural(plannedBlocks, "block")) of at most \(blockSize) bytes, "
     + "queue depth \(queueDepth)")
 
 // MARK: - 4. Slots: one buffer for each request in flight
@@ -159,15 +167,17 @@ print("plan: \(sourceSize) bytes (fstat) in \(plannedBlocks) blocks of at most \
 // its buffer holds the whole block, then writes until all of it is in the copy. Only then
 // does it take the next block into the same buffer. That is the buffer rule of the whole lab
 // made concrete: the kernel fills the buffer during the read and copies out of it during the
-// write, possibly on one of its worker threads after io_uring_submit has returned, so the
-// buffer is reused only after the CQE of the last request that used it.
+// write, possibly on one of its worker threads after io_uring_submit has returned (on ext4,
+// Linux 6.18, every buffered write goes to an io-wq worker; reads from the page cache are
+// done during the submit), so the buffer is reused only after the CQE of the last request
+// that used it.
 //
 // The slot's index is the SQE's user_data: a CQE says which slot it answers, and the slot
 // knows what it had asked (read or write, how much, where).
 
 struct Slot {
     enum Step { case idle, reading, writing }
-    let buffer: UnsafeMutableRawBufferPointer
+    let buffer: UnsafeMutableRawPointer  // blockSize bytes
     var step = Step.idle
     var block = 0            // the block's number, for the printout
     var offset: UInt64 = 0   // where the block starts, in SRC and in DST alike
@@ -178,7 +188,7 @@ struct Slot {
 }
 
 var slots = (0..<queueDepth).map { _ in
-    Slot(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096))
+    Slot(buffer: UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 8))
 }
 
 // SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full): the ring
@@ -189,7 +199,7 @@ var slots = (0..<queueDepth).map { _ in
 /// all of it; after a short read, this asks again for what is missing.
 func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
     let sqe = getSQE(ring)
-    io_uring_prep_read(sqe, fd, slot.buffer.baseAddress! + slot.have, UInt32(slot.length - slot.have),
+    io_uring_prep_read(sqe, fd, slot.buffer + slot.have, UInt32(slot.length - slot.have),
                        slot.offset + UInt64(slot.have))
     io_uring_sqe_set_data64(sqe, UInt64(index))
     slot.step = .reading
@@ -199,12 +209,11 @@ func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index
 /// same offset they were read from.
 func queueWrite(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
     let sqe = getSQE(ring)
-    io_uring_prep_write(sqe, fd, slot.buffer.baseAddress! + slot.written, UInt32(slot.have - slot.written),
+    io_uring_prep_write(sqe, fd, slot.buffer + slot.written, UInt32(slot.have - slot.written),
                         slot.offset + UInt64(slot.written))
     io_uring_sqe_set_data64(sqe, UInt64(index))
     slot.step = .writing
 }
-// (`baseAddress!`: a buffer allocated with a non-zero byteCount always has a base address.)
 
 // MARK: - 5. The copy loop
 //
@@ -389,8 +398,6 @@ if let firstError { fail(firstError) }
 //
 // The first and last blocks with the res of every CQE they got (a block that needed a second
 // read or write shows both), then the totals.
-
-func plural(_ count: Int, _ noun: String) -> String { "\(count) \(noun)" + (count == 1 ? "" : "s") }
 
 var previous = -1
 for block in shownBlocks.keys.sorted() {

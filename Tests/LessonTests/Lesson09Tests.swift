@@ -61,6 +61,38 @@ final class Lesson09Tests: XCTestCase {
         run.assertError(mentioning: "cannot open \(missing)", "ENOENT")
     }
 
+    /// The lesson stops at the first bad file: the files before it are copied, the ones after
+    /// it are not read (cat would go on), and there is one error line.
+    func testStopsAtTheFirstBadFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let first = dir.appendingPathComponent("first.txt")
+        let last = dir.appendingPathComponent("last.txt")
+        try Data("first file\n".utf8).write(to: first)
+        try Data("last file\n".utf8).write(to: last)
+        let missing = dir.appendingPathComponent("missing.txt").path
+        let run = try Lesson("09").run([first.path, missing, last.path])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "cannot open \(missing)", "ENOENT")
+        XCTAssertEqual(run.stdout, "first file\n", run.transcript)
+    }
+
+    /// `-` is standard input for cat; the lesson refuses it before reading anything.
+    func testRejectsStandardInput() throws {
+        let run = try Lesson("09").run(["/etc/hostname", "-"])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "standard input", "./-")
+        XCTAssertEqual(run.stdout, "", run.transcript)
+    }
+
+    /// The harness sends standard output to a regular file; /dev/stdout opens that same file,
+    /// so reading it would be `cat f >> f`. Refused, as GNU cat does.
+    func testInputIsOutput() throws {
+        let run = try Lesson("09").run(["/dev/stdout"])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "cannot cat /dev/stdout", "input file is output file")
+    }
+
     /// A directory opens with O_RDONLY; the readv's CQE refuses it.
     func testDirectory() throws {
         let dir = try makeDirectory()

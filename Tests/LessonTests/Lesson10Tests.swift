@@ -82,7 +82,9 @@ final class Lesson10Tests: XCTestCase {
     func testOverwritesALongerDestination() throws {
         let source = try makeFile("short", bytes: 1000)
         let copy = try makeFile("long", bytes: 200_000, seed: 7)
-        try copyExpectingSuccess(source, copy, bytes: 1000)
+        let run = try copyExpectingSuccess(source, copy, bytes: 1000)
+        XCTAssert(run.stdoutLines.contains("plan: 1000 bytes (fstat) in 1 block of at most 32768 bytes, queue depth 8"),
+                  run.transcript)
     }
 
     /// /proc/version says its size is 0: the read past the end is short, the next returns 0,
@@ -129,6 +131,31 @@ final class Lesson10Tests: XCTestCase {
         let copy = dir.appendingPathComponent("copy")
         try Lesson("10").run(["/dev/null", copy.path]).assertError(mentioning: "SRC", "character device")
         XCTAssertFalse(FileManager.default.fileExists(atPath: copy.path), "DST must not be created")
+    }
+
+    /// A FIFO as SRC (opening it would wait for a writer) and a character device as DST are
+    /// refused by what they are, with the message the prose's table shows.
+    func testFifoAndDevice() throws {
+        let fifo = dir.appendingPathComponent("fifo")
+        XCTAssertEqual(mkfifo(fifo.path, 0o600), 0, "mkfifo")
+        let copy = dir.appendingPathComponent("copy")
+        try Lesson("10").run([fifo.path, copy.path]).assertError(mentioning: "SRC", "it is a FIFO")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: copy.path), "DST must not be created")
+
+        let source = try makeFile("source", bytes: 5000)
+        try Lesson("10").run([source.path, "/dev/null"]).assertError(mentioning: "DST", "it is a character device")
+    }
+
+    /// A DST that is a symbolic link to a path that does not exist: cp refuses to write through
+    /// it, and so does the lesson, without creating the file the link names.
+    func testDanglingSymlinkDestination() throws {
+        let source = try makeFile("source", bytes: 5000)
+        let target = dir.appendingPathComponent("target")
+        let link = dir.appendingPathComponent("dangling")
+        try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: target.path)
+        try Lesson("10").run([source.path, link.path])
+            .assertError(mentioning: "DST", "not writing through dangling symlink")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: target.path), "the link's target must not be created")
     }
 
     /// The same path, `./name`, a hard link and a symbolic link: all the same file, refused,
