@@ -15,6 +15,9 @@
 #include <sys/types.h>
 #include <sys/select.h>
 #include <signal.h>
+// `struct statx` and STATX_*: glibc declares them only under _GNU_SOURCE, which the include
+// order above keeps off, so they come from the kernel's header (io_uring_prep_statx needs them).
+#include <linux/stat.h>
 
 #include <liburing.h>
 

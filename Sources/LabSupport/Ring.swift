@@ -82,7 +82,7 @@ public func exitBecauseSetupFailed(_ ret: Int32, entries: UInt32) -> Never {
             + "built with CONFIG_IO_URING), or a seccomp filter hides the system call")
     case ENOMEM:
         fail("io_uring_setup(\(entries)) returned \(describe(res: ret)): the ring's memory could "
-            + "not be allocated; kernels before 5.12 charge it to RLIMIT_MEMLOCK (see ulimit -l)")
+            + "not be allocated; without CAP_IPC_LOCK it counts against RLIMIT_MEMLOCK (see ulimit -l)")
     default:
         fail("io_uring_setup(\(entries)) returned \(describe(res: ret))")
     }

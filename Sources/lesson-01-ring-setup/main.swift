@@ -22,7 +22,8 @@ _ = lessonArguments(usage: "lesson-01-ring-setup", max: 0)
 //
 // Since Linux 6.6 an administrator can switch io_uring off with a sysctl:
 //   0  every process may create rings (the default)
-//   1  only members of the group in kernel.io_uring_group may
+//   1  only members of the group in kernel.io_uring_group, and processes with CAP_SYS_ADMIN,
+//      may; everyone else gets -EPERM
 //   2  nobody may: io_uring_setup fails with -EPERM
 // Containers may also block the system calls with a seccomp profile (-EPERM or -ENOSYS), and
 // kernels before 5.1 have no io_uring at all (-ENOSYS). Every lesson checks setup's result
@@ -59,11 +60,20 @@ print("io_uring_queue_init_params(8) = \(ret): ring fd \(ring.pointee.ring_fd), 
 
 // `features` is a bitmask of IORING_FEAT_* flags (man 2 io_uring_setup, "features"). Later
 // lessons test single bits before relying on them, e.g. lesson 05 checks FEAT_RW_CUR_POS
-// before writing at offset -1. liburing 2.3's header stops at bit 12; newer bits are listed
-// here by value.
+// before writing at offset -1. Bits past 12 (IORING_FEAT_LINKED_FILE) are written here by
+// value, so that the table compiles with liburing 2.3's header, which names no newer ones.
+//
+// Two names to know when reading the man page: liburing's header and the kernel call bit 8
+// IORING_FEAT_EXT_ARG, but man 2 io_uring_setup lists it as IORING_FEAT_ENTER_EXT_ARG. And
+// NODROP is "almost never" dropping: a CQE that finds the CQ full waits in a kernel-side
+// overflow list until there is room; only if the kernel cannot allocate memory for it is it
+// lost, counted in the CQ ring's `overflow` field (and since 5.19 io_uring_enter returns -EBADR
+// the next time it would wait). REG_REG_RING is not "the ring fd can be registered": that is
+// IORING_REGISTER_RING_FDS (5.18), after which io_uring_enter(2) takes the registered index in
+// place of the fd; the 6.3 bit says io_uring_register(2) accepts a registered index as well.
 let knownFeatures: [(bit: UInt32, name: String, since: String, meaning: String)] = [
     (IORING_FEAT_SINGLE_MMAP, "SINGLE_MMAP", "5.4", "SQ and CQ rings share one mmap"),
-    (IORING_FEAT_NODROP, "NODROP", "5.5", "completions are never dropped when the CQ is full"),
+    (IORING_FEAT_NODROP, "NODROP", "5.5", "completions are almost never dropped when the CQ is full"),
     (IORING_FEAT_SUBMIT_STABLE, "SUBMIT_STABLE", "5.5", "SQE data may be reused once submitted"),
     (IORING_FEAT_RW_CUR_POS, "RW_CUR_POS", "5.6", "offset -1 means the file's current position"),
     (IORING_FEAT_CUR_PERSONALITY, "CUR_PERSONALITY", "5.6", "requests run with the submitter's credentials"),
@@ -75,7 +85,7 @@ let knownFeatures: [(bit: UInt32, name: String, since: String, meaning: String)]
     (IORING_FEAT_RSRC_TAGS, "RSRC_TAGS", "5.13", "registered files and buffers can carry tags"),
     (IORING_FEAT_CQE_SKIP, "CQE_SKIP", "5.17", "IOSQE_CQE_SKIP_SUCCESS is supported"),
     (IORING_FEAT_LINKED_FILE, "LINKED_FILE", "5.17", "a linked request's file is looked up when it runs"),
-    (1 << 13, "REG_REG_RING", "6.3", "the ring fd can be registered and used by index"),
+    (1 << 13, "REG_REG_RING", "6.3", "io_uring_register(2) accepts a registered ring fd"),
     (1 << 14, "RECVSEND_BUNDLE", "6.10", "one send/recv may use several provided buffers"),
     (1 << 15, "MIN_TIMEOUT", "6.12", "waits can take a minimum batch timeout"),
     (1 << 16, "RW_ATTR", "6.14", "reads and writes can carry attributes (integrity data)"),
@@ -127,18 +137,21 @@ for entries: UInt32 in [1, 5, 8, 100, 4096] {
 
 // IORING_SETUP_CQSIZE sets the CQ size ourselves, in `params.cq_entries` (rounded up too).
 // A server with many requests in flight, or multishot requests that post many CQEs each, wants
-// a CQ much larger than its SQ (lesson 28 shows what happens when the CQ fills up).
+// a CQ much larger than its SQ (lesson 28, coming later, shows what happens when the CQ
+// fills up).
 print("IORING_SETUP_CQSIZE, entries 8, cq_entries 100 -> \(tryRing(8, flags: IORING_SETUP_CQSIZE, cqEntries: 100))")
 
 // MARK: - 4. Sizes the kernel refuses
 //
 // The limits are IORING_MAX_ENTRIES (32768 SQEs) and IORING_MAX_CQ_ENTRIES (65536 CQEs).
 // Asking for 0, or for more than the maximum, gives -EINVAL, returned by the call (never in
-// the global errno). IORING_SETUP_CLAMP turns "too many" into "the maximum" instead.
+// the global errno). IORING_SETUP_CLAMP turns "too many" into "the maximum" instead; it does
+// nothing for 0, which stays -EINVAL.
 
 print("entries 0 -> \(tryRing(0))")
 print("entries 32769 -> \(tryRing(32769))")
 print("entries 32769 with IORING_SETUP_CLAMP -> \(tryRing(32769, flags: IORING_SETUP_CLAMP))")
+print("entries 0 with IORING_SETUP_CLAMP -> \(tryRing(0, flags: IORING_SETUP_CLAMP))")
 print("IORING_SETUP_CQSIZE, entries 8, cq_entries 0 -> \(tryRing(8, flags: IORING_SETUP_CQSIZE, cqEntries: 0))")
 print("IORING_SETUP_CQSIZE, entries 8, cq_entries 4 -> \(tryRing(8, flags: IORING_SETUP_CQSIZE, cqEntries: 4))")
 

@@ -8,8 +8,9 @@
 // not. This lesson prints that table, counts it, and shows how every later lesson uses the
 // same probe to decide whether to run or to skip (exit 77) on an older kernel.
 //
-// Read next: man 3 io_uring_get_probe_ring, man 3 io_uring_opcode_supported,
-// man 3 io_uring_free_probe, man 2 io_uring_register (IORING_REGISTER_PROBE).
+// Read next: man 2 io_uring_register (IORING_REGISTER_PROBE), man 3 io_uring_get_probe,
+// man 3 io_uring_opcode_supported, man 3 io_uring_free_probe. (io_uring_get_probe_ring has no
+// man page in liburing 2.3: it is declared in liburing.h, beside io_uring_get_probe.)
 
 #if canImport(Glibc)
 import Glibc
@@ -64,12 +65,16 @@ guard let probe = io_uring_get_probe_ring(ring) else {
 let lastOp = UInt32(probe.pointee.last_op)
 print("io_uring_get_probe_ring: last_op=\(lastOp) ops_len=\(probe.pointee.ops_len)")
 
-// liburing 2.3's header names opcodes up to IORING_OP_SENDMSG_ZC (48) and ends the enum with
-// IORING_OP_LAST = 49. A newer kernel answers about opcodes the header has never heard of:
-// they exist and work, liburing 2.3 simply has no name for them (and no prep helper). We know
-// their names from LabSupport's table, and would use them by number.
+// The liburing header this program was compiled against ends its opcode enum with
+// IORING_OP_LAST, one past the last opcode it names. liburing 2.3's, the lab's target, names
+// opcodes up to IORING_OP_SENDMSG_ZC (48), so its IORING_OP_LAST is 49; another liburing has
+// another value, which is why we print it rather than assume it. A newer kernel answers about
+// opcodes the header has never heard of: they exist and work, the header simply has no name
+// for them (and liburing no prep helper). We know their names from LabSupport's table, and
+// would use them by number. (The kernel has an IORING_OP_LAST of its own, from the header it
+// was built with; last_op above is that value minus one.)
 let headerLast = IORING_OP_LAST.rawValue
-print("liburing 2.3's header: IORING_OP_LAST=\(headerLast), so it names opcodes 0 to \(headerLast - 1)")
+print("liburing's header: IORING_OP_LAST=\(headerLast), so it names opcodes 0 to \(headerLast - 1)")
 
 // With opcodes on the command line, answer just those and stop.
 if !requested.isEmpty {
@@ -88,12 +93,13 @@ if !requested.isEmpty {
 //
 // One line per opcode from 0 to last_op. `io_uring_opcode_supported(probe, op)` is a tiny
 // inline function: 0 if op > last_op, otherwise ops[op].flags & IO_URING_OP_SUPPORTED.
+// Where the header's names end inside the kernel's table, a line marks the spot.
 
 print("opcode  name                        kernel  supported")
 var supportedCount = 0
 for opcode in 0...lastOp {
     if opcode == headerLast {
-        print("        (liburing 2.3's header stops here: IORING_OP_LAST=\(headerLast))")
+        print("        (liburing's header stops here: IORING_OP_LAST=\(headerLast))")
     }
     let supported = io_uring_opcode_supported(probe, Int32(opcode)) != 0
     if supported { supportedCount += 1 }
@@ -114,16 +120,17 @@ print("io_uring_opcode_supported(probe, \(pastEnd)) = \(io_uring_opcode_supporte
 // `requireOpcodes(ring, IORING_OP_X, ...)` before its first SQE. That function is exactly what
 // this lesson did: io_uring_get_probe_ring, io_uring_opcode_supported for each opcode,
 // io_uring_free_probe; on the first "no" it prints `SKIP: this kernel does not support
-// IORING_OP_X (added in Linux Y)` and exits 77, which the tests report as skipped. Here is the
+// IORING_OP_X (added in Linux Y)` and exits 77, which the tests report as skipped. (With no
+// probe before 5.6, such a lesson needs 5.6 even when its opcode is older.) Here is the
 // same decision for a few later lessons, on this probe. Opcodes newer than liburing 2.3's
 // header are written by number, as a lesson would: io_uring_op(rawValue: 56) is IORING_OP_BIND.
 
 let laterLessons: [(lesson: String, opcodes: [io_uring_op], optional: Bool)] = [
     ("lesson 04 (read-file)", [IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE], false),
-    ("lesson 17 (tcp-basics)", [IORING_OP_SOCKET, IORING_OP_ACCEPT, IORING_OP_CONNECT,
-                                IORING_OP_SEND, IORING_OP_RECV, IORING_OP_SHUTDOWN], false),
-    ("lesson 17 (tcp-basics)", [io_uring_op(rawValue: 56), io_uring_op(rawValue: 57)], true),
-    ("lesson 23 (send-zc)", [IORING_OP_SEND_ZC], false),
+    ("lesson 17 (tcp-basics, coming later)", [IORING_OP_SOCKET, IORING_OP_ACCEPT, IORING_OP_CONNECT,
+                                               IORING_OP_SEND, IORING_OP_RECV, IORING_OP_SHUTDOWN], false),
+    ("lesson 17 (tcp-basics, coming later)", [io_uring_op(rawValue: 56), io_uring_op(rawValue: 57)], true),
+    ("lesson 23 (send-zc, coming later)", [IORING_OP_SEND_ZC], false),
 ]
 print("requireOpcodes, i.e. this probe, for later lessons:")
 for (lesson, opcodes, optional) in laterLessons {

@@ -12,8 +12,9 @@
 // were submitted.
 //
 // Read next: man 3 io_uring_prep_nop, man 3 io_uring_sqe_set_data64, man 3 io_uring_submit,
-// man 3 io_uring_wait_cqe, man 3 io_uring_cqe_seen, man 3 io_uring_peek_cqe,
-// man 3 io_uring_cq_advance.
+// man 3 io_uring_wait_cqe, man 3 io_uring_cqe_seen, man 3 io_uring_peek_cqe (liburing 2.3
+// has no page for io_uring_peek_batch_cqe: it is declared in liburing.h), man 3
+// io_uring_cq_advance, man 3 io_uring_prep_timeout.
 
 import CLiburing
 import LabSupport
@@ -29,7 +30,9 @@ let ring = makeRing(entries: 64)
 print("ring: sq_entries=\(ring.pointee.sq.ring_entries) cq_entries=\(ring.pointee.cq.ring_entries)")
 
 // The ordering demonstration below uses a timer, IORING_OP_TIMEOUT (Linux 5.4; lesson 08
-// covers timeouts). NOP itself is as old as io_uring (5.1).
+// covers timeouts). NOP itself is as old as io_uring (5.1). We ask the kernel's probe
+// (lesson 02) whether the timer is there, and the probe is 5.6: so this lesson runs from
+// Linux 5.6, and on anything older skips, saying why.
 requireOpcodes(ring, IORING_OP_TIMEOUT)
 
 // MARK: - 1. One round trip
@@ -68,9 +71,13 @@ printCQE(firstCQE, "io_uring_wait_cqe = \(ret)")
 // matched back to its request by that key alone, and removed, so a completion that came twice
 // or never would show.
 //
-// The timer's timespec is read by the kernel: like every buffer the kernel uses, it must stay
-// at one address until the request's CQE arrives. A Swift `var` passed as `&ts` is only
-// guaranteed for one call, so it goes on the heap and is freed after the timer's CQE.
+// The timer's timespec is memory the kernel reads. How long must it stay put? Since 5.5
+// (IORING_FEAT_SUBMIT_STABLE) the kernel copies an argument struct like this one while the
+// SQE is submitted (man 3 io_uring_prep_timeout, NOTES); 5.4 read it until the completion.
+// A Swift `var` passed as `&ts` is guaranteed for one call only, not even for the submit, so
+// it goes on the heap either way, and the lab keeps it there until the timer's CQE: that is
+// the rule that is always right, whatever the kernel, and for buffers the kernel fills while
+// the request runs (lesson 04) the only right one.
 
 let timerID: UInt64 = 100
 let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
@@ -111,7 +118,10 @@ print("submission order: " + submissionOrder.map { String($0) }.joined(separator
 // `io_uring_peek_batch_cqe` never waits: it fills our array with pointers to up to `count`
 // CQEs that are ready and returns how many. We ask for at most the number of NOPs. (Were the
 // machine to stall for 20 ms right here, the timer's CQE would be ready as well, behind the
-// NOPs; the wait below would then simply return it at once.) After reading them,
+// NOPs; the wait below would then simply return it at once.) Here it makes no system call:
+// it reads the shared CQ ring. Only when it finds no CQE ready while the kernel has flagged
+// completions it could not post yet (a full CQ, lesson 28, coming later) does it make one
+// io_uring_enter to flush them, and look again. After reading them,
 // `io_uring_cq_advance(ring, n)` releases n slots in one step: one store to the CQ head
 // instead of n calls to cqe_seen.
 
@@ -154,7 +164,7 @@ while !pending.isEmpty {
     print("io_uring_wait_cqe = \(ret), \(milliseconds) ms after the submit: " + format(cqe) + "  " + request)
     completionOrder.append(cqe.user_data)
 }
-// Its CQE is here, so the kernel is done with the timespec.
+// Its CQE is here: whatever the kernel, it is done with the timespec.
 timespec.deallocate()
 
 // MARK: - 5. The order

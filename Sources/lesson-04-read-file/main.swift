@@ -11,7 +11,8 @@
 // such as -ENOENT for a path that does not exist, or -EBADF for a read on a closed fd. The
 // last section provokes both on purpose.
 //
-// Usage: lesson-04-read-file [PATH]   (without PATH it reads a temp file it writes itself)
+// Usage: lesson-04-read-file [PATH]   (without PATH it reads a temp file it writes itself;
+// for standard input give /dev/stdin)
 //
 // Read next: man 3 io_uring_prep_openat, man 3 io_uring_prep_read, man 3 io_uring_prep_close,
 // man 2 io_uring_enter ("IORING_OP_READ").
@@ -25,11 +26,17 @@ import CLiburing
 import LabSupport
 
 let arguments = lessonArguments(usage: "lesson-04-read-file [PATH]", max: 1)
+// LabSupport lets a lone "-" through, as many tools take it for standard input. This lesson
+// opens PATH with openat, which would look for a file named "-": refuse it instead.
+if arguments.first == "-" {
+    fail("\"-\" is not a file this lesson can open: for standard input give /dev/stdin")
+}
 
 // MARK: - 1. A ring, and the opcodes this lesson needs
 //
-// OPENAT, READ and CLOSE arrived in Linux 5.6 (before that, reads went through READV with an
-// iovec, lesson 09). We ask the kernel rather than guess from its version number.
+// OPENAT, READ and CLOSE arrived in Linux 5.6 (before that, a read went through READV with an
+// iovec, lesson 09, or READ_FIXED into a registered buffer, lesson 14). We ask the kernel
+// rather than guess from its version number.
 
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
@@ -93,21 +100,30 @@ let fd = openCQE.res
 // it can happen anywhere. A short read is not the end: the only end-of-file signal is a read
 // that returns 0. So the loop continues from offset + res until res is 0.
 //
+// Offsets only mean something in a file that can seek. A pipe, a FIFO or a socket cannot:
+// lseek(2) on it fails (ESPIPE), and for such a file the offset of a read "must be 0 or -1"
+// (man 3 io_uring_prep_read). There we pass -1, "the current position" (lesson 05), which is
+// what reading a stream means. The lesson's own file, like any regular file, can seek.
+//
 // A file named on the command line may be large, so it is read in 64 KiB pieces, only the
-// first 8 reads are printed, and only its first 256 bytes are kept for printing.
+// first 8 reads are printed, and only its first 256 bytes are kept for printing. `offset`
+// counts the bytes read so far; for a file that cannot seek, the read's offset is -1.
 
 let chunkSize = arguments.isEmpty ? 16 : 65536
 let printedReads = 8
 let keptBytes = 256
 
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 16)
+let seekable = lseek(fd, 0, SEEK_CUR) >= 0
 var offset: UInt64 = 0
 var reads = 0
 var kept: [UInt8] = []
 
 while true {
+    let readOffset = seekable ? offset : UInt64(bitPattern: -1)
+    let at = seekable ? "at offset \(offset)" : "at offset -1 (not seekable)"
     let readSQE = getSQE(ring)
-    io_uring_prep_read(readSQE, fd, buffer.baseAddress, UInt32(chunkSize), offset)
+    io_uring_prep_read(readSQE, fd, buffer.baseAddress, UInt32(chunkSize), readOffset)
     userData += 1
     io_uring_sqe_set_data64(readSQE, userData)
     let cqe = submitAndWait(ring)[0]
@@ -116,10 +132,10 @@ while true {
     guard cqe.res >= 0 else {
         // Reading a directory fails here, not at openat: open(2) accepts a directory with
         // O_RDONLY, but read(2) on it is -EISDIR.
-        printCQE(cqe, "read \(chunkSize) bytes at offset \(offset)")
+        printCQE(cqe, "read \(chunkSize) bytes \(at)")
         buffer.deallocate()
         close(fd)  // plain close(2): we are on the way out
-        fail("cannot read \(path): read at offset \(offset) completed with res=\(describe(res: cqe.res))")
+        fail("cannot read \(path): read \(at) completed with res=\(describe(res: cqe.res))")
     }
     let bytes = Int(cqe.res)
     let got = buffer.prefix(bytes)
@@ -132,7 +148,7 @@ while true {
         let note = bytes == 0 ? "  <- 0: end of file"
             : bytes < chunkSize ? "  <- short read: \(bytes) of \(chunkSize) bytes" : ""
         let shown = quoted(got.prefix(16)) + (bytes > 16 ? "..." : "")
-        print("read \(chunkSize) bytes at offset \(offset): \(format(cqe))"
+        print("read \(chunkSize) bytes \(at): \(format(cqe))"
             + (bytes > 0 ? " \(shown)" : "") + note)
     }
     if bytes == 0 { break }

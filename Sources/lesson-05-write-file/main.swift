@@ -35,17 +35,21 @@ _ = lessonArguments(usage: "lesson-05-write-file", max: 0)
 //
 // Whether offset -1 means "the current position" is not an opcode but a feature bit, set by
 // the kernel in the `features` field of io_uring_params when the ring is created (lesson 01);
-// liburing keeps a copy in `ring.pointee.features`.
+// liburing keeps a copy in `ring.pointee.features`. IORING_FEAT_RW_CUR_POS came in the same
+// release as IORING_OP_WRITE, 5.6, so on any kernel that passed the probe the bit is set and
+// the check below never fails. It is there because the bit, not the opcode, is what promises
+// the meaning of -1: a program that writes at -1 with WRITEV (5.1) must test it, since before
+// 5.6 the kernel gave -1 no special meaning.
 
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_WRITE)
-let hasCurrentPosition = ring.pointee.features & IORING_FEAT_RW_CUR_POS != 0
-print("IORING_FEAT_RW_CUR_POS: " + (hasCurrentPosition
-    ? "set, offset -1 means the file's current position"
-    : "missing, offset -1 would be taken as an offset"))
+guard ring.pointee.features & IORING_FEAT_RW_CUR_POS != 0 else {
+    skip("this kernel lacks IORING_FEAT_RW_CUR_POS (Linux 5.6): offset -1 is not the current position")
+}
+print("IORING_FEAT_RW_CUR_POS: set, offset -1 means the file's current position")
 
-// The files live in a new temporary directory, removed at exit. They are opened with plain
-// open(2): lesson 04 showed opening through the ring, and here the writes are the point.
+// The three files live in one new temporary directory, removed at exit. They are opened with
+// plain open(2): lesson 04 showed opening through the ring, and here the writes are the point.
 let dir = makeTempDir("lesson-05")
 
 func openFile(_ path: String, _ flags: Int32) -> Int32 {
@@ -91,8 +95,11 @@ var userData: UInt64 = 0  // a new number for each request, so each CQE names it
 // MARK: - 2. Explicit offsets: each piece lands where it says
 //
 // Two pieces of "hello world\n", the second one first. Writing "world\n" at offset 6 into an
-// empty file makes it 12 bytes long: the 6 bytes before it, never written, read as zeros (a
-// hole). The second write, "hello " at offset 0, fills them in. The file position plays no
+// empty file makes it 12 bytes long: the 6 bytes before it, never written, read as zeros. (They
+// are not a hole in the filesystem's sense: a file's space comes in blocks, typically 4096
+// bytes, and the block that holds "world\n" holds these zeros too. Only a gap of whole blocks
+// is left unallocated, a real hole; exercise 3.) The second write, "hello " at offset 0,
+// overwrites them. The file position plays no
 // part, and neither write depends on the other: they could be submitted together and finish
 // in either order with the same result. (We wait for each here, to read the file in between.)
 
@@ -116,75 +123,79 @@ close(piecesFD)
 //
 // With IORING_FEAT_RW_CUR_POS (5.6), an offset of -1 (all ones in the SQE's 64-bit `off`)
 // means "the file's current position", and the write advances it, exactly like write(2).
-// A kernel without the bit takes -1 literally, as the largest possible offset, which is
-// negative as a file position: the write fails with -EINVAL. So we look at the bit first.
+// (Section 1 checked the bit: before 5.6, -1 had no special meaning.)
 //
 // The position belongs to the open file, and io_uring promises no order among requests in
 // flight together: a request reads the position when it starts and stores the new one when it
-// finishes, without the lock write(2) takes on a shared file's position for the whole call.
-// Two -1 writes in flight at once could both start from the same position, and the second
-// would overwrite the first. (Linux 6.18 happens to run writes to one regular file one at a
-// time, so you may never see it; nothing promises that.) So -1 writes must run one after
-// another: either wait for each CQE before submitting the next, or submit them together
-// linked with IOSQE_IO_LINK, which makes the kernel start each only after the one before has
-// completed (lesson 07). We do both, and ask lseek(2) where the position is after each step.
+// finishes. write(2) on an open file that is shared (by threads, or after dup or fork) holds
+// the file's position lock, f_pos_lock, from reading the position to storing the new one; an
+// io_uring request takes no such lock. Two -1 writes in flight at once could both start from
+// the same position, and the second would overwrite the first. (Linux 6.18 happens to run
+// writes to one regular file one at a time, so you may never see it; nothing promises that.)
+// So -1 writes must run one after another: either wait for each CQE before submitting the
+// next, or submit them together linked with IOSQE_IO_LINK, which makes the kernel start each
+// only after the one before has completed (lesson 07). We do both, and ask lseek(2) where the
+// position is after each step.
 
 let currentPosition = UInt64(bitPattern: -1)
-if hasCurrentPosition {
-    let logPath = dir + "/log.txt"
-    let logFD = openFile(logPath, O_WRONLY | O_CREAT | O_TRUNC)
+let logPath = dir + "/log.txt"
+let logFD = openFile(logPath, O_WRONLY | O_CREAT | O_TRUNC)
 
-    print("log.txt: offset -1, one write at a time")
-    for text in ["first\n", "second\n"] {
-        let buffer = allocateBytes(text)
-        let sqe = getSQE(ring)
-        io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
-        userData += 1
-        io_uring_sqe_set_data64(sqe, userData)
-        let cqe = submitAndWait(ring, count: 1)[0]
-        buffer.deallocate()
-        printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
-        print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
-    }
-
-    print("log.txt: offset -1, two writes linked with IOSQE_IO_LINK, one io_uring_submit")
-    let texts = ["third\n", "fourth\n"]
-    let buffers = texts.map(allocateBytes)
-    let firstUserData = userData + 1
-    for (index, buffer) in buffers.enumerated() {
-        let sqe = getSQE(ring)
-        io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
-        userData += 1
-        io_uring_sqe_set_data64(sqe, userData)
-        // The link flag goes on every SQE but the last: "the next one waits for me".
-        if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK)) }
-    }
-    // Both buffers stay allocated until both CQEs are in. Linked, the CQEs arrive in order:
-    // the second write does not start before the first has completed.
-    let cqes = submitAndWait(ring, count: buffers.count)
-    for buffer in buffers { buffer.deallocate() }
-    for cqe in cqes {
-        let text = texts[Int(cqe.user_data - firstUserData)]  // user_data says which SQE this is
-        printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
-    }
+print("log.txt: offset -1, one write at a time")
+for text in ["first\n", "second\n"] {
+    let buffer = allocateBytes(text)
+    let sqe = getSQE(ring)
+    io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
+    userData += 1
+    io_uring_sqe_set_data64(sqe, userData)
+    let cqe = submitAndWait(ring, count: 1)[0]
+    buffer.deallocate()
+    printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
     print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
-    printContents(logPath)
-    close(logFD)
-} else {
-    print("skipping the offset -1 writes: this kernel lacks IORING_FEAT_RW_CUR_POS (Linux 5.6)")
 }
+
+print("log.txt: offset -1, two writes linked with IOSQE_IO_LINK, one io_uring_submit")
+let texts = ["third\n", "fourth\n"]
+let buffers = texts.map(allocateBytes)
+let firstUserData = userData + 1
+for (index, buffer) in buffers.enumerated() {
+    let sqe = getSQE(ring)
+    io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
+    userData += 1
+    io_uring_sqe_set_data64(sqe, userData)
+    // The link flag goes on every SQE but the last: "the next one waits for me".
+    if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK)) }
+}
+// Both buffers stay allocated until both CQEs are in. Linked, the CQEs arrive in order:
+// the second write does not start before the first has completed.
+let cqes = submitAndWait(ring, count: buffers.count)
+for buffer in buffers { buffer.deallocate() }
+for cqe in cqes {
+    let text = texts[Int(cqe.user_data - firstUserData)]  // user_data says which SQE this is
+    printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
+}
+print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
+printContents(logPath)
+close(logFD)
 
 // MARK: - 4. O_APPEND: the offset is ignored
 //
 // A file opened with O_APPEND is written at its end, whatever offset the request carries:
-// the kernel moves each write to the end of the file (under the file's lock, so appends from
-// requests in flight together never overwrite each other; only their order is open). pwrite(2)
-// behaves the same on Linux (man 2 pwrite, BUGS). We pass offset 0, which without O_APPEND
-// would overwrite the first line.
+// the kernel moves each write to the end of the file while it holds the inode's lock (i_rwsem,
+// which a write to a regular file takes to find the end and copy the bytes in), so appends
+// from requests in flight together never overwrite each other; only their order is open. This
+// is a different lock from write(2)'s position lock above, and O_APPEND needs no position.
+// pwrite(2) behaves the same on Linux (man 2 pwrite, BUGS). We pass offset 0, which without
+// O_APPEND would overwrite the first line. The first line itself is written with plain
+// write(2), so that the file has something to append to.
 
-let appendPath = makeTempFile(named: "append.txt", contents: Array("line 1\n".utf8))
-let appendFD = openFile(appendPath, O_WRONLY | O_APPEND)
-print("append.txt: opened O_APPEND")
+let appendPath = dir + "/append.txt"
+let appendFD = openFile(appendPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+let firstLine = Array("line 1\n".utf8)
+guard firstLine.withUnsafeBytes({ write(appendFD, $0.baseAddress, $0.count) }) == firstLine.count else {
+    fail("cannot write the first line of \(appendPath): \(errnoName(errno))")
+}
+print("append.txt: opened O_APPEND, the first line written with write(2)")
 printContents(appendPath)
 for text in ["line 2\n", "line 3\n"] {
     let buffer = allocateBytes(text)

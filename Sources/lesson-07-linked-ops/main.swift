@@ -6,7 +6,9 @@
 // after this one has completed, and only if it succeeded. A run of linked SQEs is a chain;
 // the first SQE without the flag ends it. If a link fails, every link after it completes with
 // -ECANCELED without running. "Fails" means any unexpected result, so a short read, which is
-// not an error for read(2), breaks a chain too. IOSQE_IO_HARDLINK orders the same way but
+// not an error for read(2), breaks a chain too. (What counts as failing is up to each opcode:
+// on Linux 6.18 an fsync, fallocate, mkdirat or unlinkat that fails while running does not
+// break a chain; lesson 12 shows it.) IOSQE_IO_HARDLINK orders the same way but
 // does not care about results: the chain goes on after a failure.
 //
 // This lesson runs one chain of each kind on a temp file and prints every CQE in the order it

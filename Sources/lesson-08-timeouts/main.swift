@@ -1,1 +1,302 @@
-print("todo")
+// Lesson 08: timeouts
+//
+// io_uring has no "wait at most this long" argument on a read. Time is a request of its own:
+// IORING_OP_TIMEOUT completes when a time has passed (res -ETIME) or, if you give it a count,
+// as soon as that many other CQEs have been posted (res 0), whichever comes first. An
+// IORING_OP_LINK_TIMEOUT linked after a request puts a deadline on that one request: if the
+// time runs out first, the kernel cancels the request (-ECANCELED) and the link timeout
+// completes with -ETIME; if the request finishes first, the timeout is cancelled instead
+// (-ECANCELED). IORING_OP_TIMEOUT_REMOVE cancels a pending timeout by its user_data. And the
+// waiting side has its own limit: io_uring_wait_cqe_timeout gives up after a time and
+// *returns* -ETIME, with no CQE at all.
+//
+// Every timeout SQE holds a pointer to a `__kernel_timespec`. Like every buffer in this lab,
+// it lives on the heap at one address until the request's CQE has arrived.
+//
+// This lesson prints every CQE by name, in the order it arrived.
+//
+// Read next: man 3 io_uring_prep_timeout, man 3 io_uring_prep_link_timeout,
+// man 3 io_uring_prep_timeout_remove, man 3 io_uring_wait_cqe_timeout, man 2 io_uring_enter
+// (IORING_OP_TIMEOUT, IORING_OP_LINK_TIMEOUT, IORING_OP_TIMEOUT_REMOVE).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLiburing
+import LabSupport
+
+_ = lessonArguments(usage: "lesson-08-timeouts", max: 0)
+
+// MARK: - 1. A ring, the opcodes, and some bookkeeping
+//
+// TIMEOUT is Linux 5.4, TIMEOUT_REMOVE and LINK_TIMEOUT 5.5; the pipe reads of sections 5 and
+// 6 use IORING_OP_READ (5.6). We ask the kernel rather than guess from its version.
+
+let ring = makeRing(entries: 8)
+requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK_TIMEOUT,
+               IORING_OP_READ, IORING_OP_NOP)
+
+/// The lesson's record of its requests: a label for each user_data (a CQE says nothing else
+/// about the request it answers), and the labels of the SQEs queued since the last submit.
+struct Requests {
+    var labels: [UInt64: String] = [:]
+    var queued: [String] = []
+    var nextUserData: UInt64 = 1
+
+    /// Give `sqe` the next user_data, remember what it is for, and return the user_data.
+    @discardableResult
+    mutating func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String) -> UInt64 {
+        let userData = nextUserData
+        io_uring_sqe_set_data64(sqe, userData)
+        labels[userData] = label
+        queued.append(label)
+        nextUserData += 1
+        return userData
+    }
+
+    /// io_uring_submit, checking that the kernel took every queued SQE, and saying which.
+    mutating func submit(_ ring: UnsafeMutablePointer<io_uring>) {
+        let submitted = io_uring_submit(ring)
+        print("io_uring_submit = \(describe(res: submitted)): " + queued.joined(separator: ", "))
+        guard submitted == queued.count else { fail("expected to submit \(queued.count) SQEs") }
+        queued = []
+    }
+
+    /// Wait for `count` CQEs and print them, by name, in the order they arrived. Returns copies.
+    func waitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> [io_uring_cqe] {
+        var arrived: [io_uring_cqe] = []
+        for position in 1...count {
+            var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
+            let ret = io_uring_wait_cqe(ring, &cqePointer)
+            guard ret == 0, let pointer = cqePointer else {
+                fail("io_uring_wait_cqe returned \(describe(res: ret))")
+            }
+            let cqe = pointer.pointee  // copy it before handing the slot back
+            io_uring_cqe_seen(ring, pointer)
+            printCQE(cqe, "CQE \(position): \(labels[cqe.user_data] ?? "?")")
+            arrived.append(cqe)
+        }
+        return arrived
+    }
+}
+var requests = Requests()
+
+// SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full). Every
+// section submits and reaps its (at most 4) SQEs before the next section takes any, and the
+// ring has 8, so the SQ cannot be full here.
+
+/// A relative time for the kernel, allocated so that it stays at one address until the CQE
+/// of the request pointing at it has arrived. The caller deallocates it after that CQE.
+func makeTimespec(milliseconds: Int) -> UnsafeMutablePointer<__kernel_timespec> {
+    let ts = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
+    ts.initialize(to: __kernel_timespec(tv_sec: Int64(milliseconds / 1000),
+                                        tv_nsec: Int64(milliseconds % 1000) * 1_000_000))
+    return ts
+}
+
+let clock = ContinuousClock()
+func milliseconds(since start: ContinuousClock.Instant, _ clock: ContinuousClock) -> Int64 {
+    let elapsed = (clock.now - start).components
+    return elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000
+}
+
+// MARK: - 2. A timer: IORING_OP_TIMEOUT with count 0
+//
+// `io_uring_prep_timeout(sqe, ts, count, flags)` with count 0 is a plain timer: it completes
+// when `ts` has passed (relative to the submit, on CLOCK_MONOTONIC), with res -ETIME. For a
+// timer that is the normal result, not a failure. The SQE holds only the address of `ts`.
+// (Since 5.5, IORING_FEAT_SUBMIT_STABLE, the kernel copies the timespec when it takes the SQE;
+// 5.4 read it later. Keeping it until the CQE is right on every kernel, and it is the rule
+// that buffers, which the kernel fills while a request runs, always need.)
+
+print("a timer: IORING_OP_TIMEOUT of 30 ms, count 0")
+let timerTime = makeTimespec(milliseconds: 30)
+var sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, timerTime, 0, 0)
+let timerUserData = requests.tag(sqe, "timeout 30 ms")
+var started = clock.now
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 1)
+print("it arrived \(milliseconds(since: started, clock)) ms after the submit")
+timerTime.deallocate()  // its CQE is here: the kernel is done with the timespec
+
+// MARK: - 3. A completion count: IORING_OP_TIMEOUT with count 3
+//
+// With count N the timeout also watches the CQ: it completes with res 0 as soon as N other
+// CQEs have been posted after it was submitted (timeouts' own CQEs are not counted), or with
+// -ETIME if the time runs out first. We give it a whole second, then three NOPs in the same
+// submit. The NOPs complete at once, their three CQEs meet the count, and the timeout
+// completes with 0 long before its second is up. (The time is only a safety net: if the count
+// were never met it would still end.)
+
+print("a completion count: IORING_OP_TIMEOUT of 1 s with count 3, then 3 NOPs, one submit")
+let countTime = makeTimespec(milliseconds: 1000)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, countTime, 3, 0)
+requests.tag(sqe, "timeout count 3")
+for n in 1...3 {
+    sqe = getSQE(ring)
+    io_uring_prep_nop(sqe)
+    requests.tag(sqe, "NOP \(n)")
+}
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 4)
+countTime.deallocate()
+
+// MARK: - 4. Cancelling a timeout: IORING_OP_TIMEOUT_REMOVE
+//
+// `io_uring_prep_timeout_remove(sqe, user_data, 0)` finds the pending timeout that was
+// submitted with that user_data and cancels it. Two CQEs answer: the timeout's, with
+// -ECANCELED, and the remove's own, with 0. We submit a 10 s timer, then, in a second
+// submit, the remove: the timer has no chance to fire first. Both CQEs are posted during the
+// second submit. Their order is not promised; on 6.18 the remove's comes first, because the
+// remove completes on the spot and the cancelled timeout is completed just after it.
+//
+// A user_data that matches no pending timeout gives -ENOENT: here the timer of section 2,
+// which fired long ago, and 999, which was never used. (A timeout caught at the very moment
+// it fires gives -EALREADY: too late to cancel, its CQE is on the way.)
+
+print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
+let longTime = makeTimespec(milliseconds: 10_000)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, longTime, 0, 0)
+let longUserData = requests.tag(sqe, "timeout 10 s")
+requests.submit(ring)
+
+sqe = getSQE(ring)
+io_uring_prep_timeout_remove(sqe, longUserData, 0)
+requests.tag(sqe, "timeout_remove user_data=\(longUserData)")
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 2)
+longTime.deallocate()
+
+print("removing timeouts the kernel does not know: one that has fired, one never submitted")
+sqe = getSQE(ring)
+io_uring_prep_timeout_remove(sqe, timerUserData, 0)
+requests.tag(sqe, "timeout_remove user_data=\(timerUserData)")
+sqe = getSQE(ring)
+io_uring_prep_timeout_remove(sqe, 999, 0)
+requests.tag(sqe, "timeout_remove user_data=999")
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 2)
+
+// MARK: - 5. A deadline for one request: IORING_OP_LINK_TIMEOUT, the timer wins
+//
+// A link timeout is linked *after* the request it guards: the request gets IOSQE_IO_LINK,
+// and the next SQE is `io_uring_prep_link_timeout(sqe, ts, 0)`. Both go in with one submit.
+// (A link timeout needs a request before it in the same chain; on its own it is -EINVAL.)
+//
+// The request is a read from a pipe nobody writes to: it can only wait. (A pipe has no
+// offsets; the 0 we pass is ignored.) After 50 ms the timer fires, the kernel cancels the
+// read, and two CQEs come back: the read with -ECANCELED and the link timeout with -ETIME.
+// The read buffer, like the timespec, stays allocated until the read's CQE.
+//
+// Who wins is certain: the read cannot complete. Which CQE comes first is not promised by
+// io_uring. On 6.18 it is the link timeout's: the expired timer completes the link timeout
+// and asks for the read to be cancelled, and the read's cancellation completes after that.
+// Match CQEs by user_data, never by their position.
+
+var pipeFDs: [Int32] = [-1, -1]
+guard pipe(&pipeFDs) == 0 else { fail("pipe: \(errnoName(errno))") }
+let (pipeRead, pipeWrite) = (pipeFDs[0], pipeFDs[1])
+let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+
+print("a read from an empty pipe, linked to an IORING_OP_LINK_TIMEOUT of 50 ms")
+let deadline = makeTimespec(milliseconds: 50)
+sqe = getSQE(ring)
+io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+requests.tag(sqe, "read")
+sqe = getSQE(ring)
+io_uring_prep_link_timeout(sqe, deadline, 0)
+requests.tag(sqe, "link_timeout 50 ms")
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 2)
+deadline.deallocate()
+
+// MARK: - 6. The other order: the read wins
+//
+// The same pair, but first we put 6 bytes into the pipe with a plain write(2). Now the read
+// has data the moment the kernel issues it and completes during the submit itself. The read's
+// res is the byte count, and the link timeout completes with -ECANCELED: it was cancelled
+// because the request it guarded finished first.
+//
+// This too is a race, and the margin decides it. On 6.18 the timer starts during the submit
+// too, and the read's completion reaches it some microseconds later, inside the same system
+// call: against 50 ms the read wins on any machine. (With a deadline of a few microseconds
+// the timer fires before the read's completion can stop it: the read still returns its
+// bytes, and the link timeout, having found nothing left to cancel, completes with -ENOENT.)
+// The order of the two CQEs is again the kernel's: on 6.18 the read's, then the link
+// timeout's, because the read's completion is what cancels the timer.
+
+print("the same pair with 6 bytes already in the pipe")
+let ready = Array("ready\n".utf8)
+guard write(pipeWrite, ready, ready.count) == ready.count else {
+    fail("write to the pipe: \(errnoName(errno))")
+}
+let deadline2 = makeTimespec(milliseconds: 50)
+sqe = getSQE(ring)
+io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+let readUserData = requests.tag(sqe, "read")
+sqe = getSQE(ring)
+io_uring_prep_link_timeout(sqe, deadline2, 0)
+requests.tag(sqe, "link_timeout 50 ms")
+requests.submit(ring)
+let pair = requests.waitAndPrint(ring, count: 2)
+deadline2.deallocate()
+if let read = pair.first(where: { $0.user_data == readUserData }), read.res > 0 {
+    print("read: \(quoted(readBuffer.prefix(Int(read.res))))")
+}
+
+// MARK: - 7. Waiting with a limit: io_uring_wait_cqe_timeout
+//
+// `io_uring_wait_cqe_timeout(ring, &cqe, ts)` is io_uring_wait_cqe with a limit on the wait.
+// If no CQE arrives in time it *returns* -ETIME: that is the return value of the call, not a
+// CQE, and the CQ stays empty. Here nothing is in flight, so it must time out.
+//
+// Since 5.11 (IORING_FEAT_EXT_ARG) liburing hands the time to io_uring_enter(2) directly.
+// On older kernels it takes an SQE of our ring for an IORING_OP_TIMEOUT of its own (user_data
+// LIBURING_UDATA_TIMEOUT) and submits it: so `ts` follows the same rule as every timespec.
+
+print("io_uring_wait_cqe_timeout of 20 ms with nothing in flight")
+let waitTime = makeTimespec(milliseconds: 20)
+var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
+started = clock.now
+var ret = io_uring_wait_cqe_timeout(ring, &cqePointer, waitTime)
+print("io_uring_wait_cqe_timeout = \(describe(res: ret)) after \(milliseconds(since: started, clock)) ms; "
+    + "CQEs ready: \(io_uring_cq_ready(ring))")
+waitTime.deallocate()
+
+// When a CQE does arrive in time, the call returns 0 and hands it over like io_uring_wait_cqe.
+// A 30 ms timer is in flight and we wait up to 1 s: the call returns 0, and it is the CQE
+// whose res is -ETIME. The two -ETIMEs mean different things: "the wait ran out" is the
+// return value, "the timer ran out" is a CQE's res.
+
+print("io_uring_wait_cqe_timeout of 1 s with a 30 ms timer in flight")
+let shortTimer = makeTimespec(milliseconds: 30)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, shortTimer, 0, 0)
+requests.tag(sqe, "timeout 30 ms")
+requests.submit(ring)
+let longWait = makeTimespec(milliseconds: 1000)
+ret = io_uring_wait_cqe_timeout(ring, &cqePointer, longWait)
+guard ret == 0, let pointer = cqePointer else {
+    fail("io_uring_wait_cqe_timeout returned \(describe(res: ret)) with a timer in flight")
+}
+let timerCQE = pointer.pointee
+io_uring_cqe_seen(ring, pointer)
+printCQE(timerCQE, "io_uring_wait_cqe_timeout = \(ret): \(requests.labels[timerCQE.user_data] ?? "?")")
+longWait.deallocate()
+shortTimer.deallocate()
+
+// MARK: - 8. Cleaning up
+//
+// Every request has completed, so nothing points into our memory any more.
+
+readBuffer.deallocate()
+close(pipeRead)
+close(pipeWrite)
+destroyRing(ring)

@@ -1,1 +1,225 @@
-print("todo")
+// Lesson 09: vectored I/O, and cat with readv
+//
+// A read fills one buffer. readv(2) fills several, in order, from one contiguous run of the
+// file: it *scatters*. writev(2) takes several buffers and writes them as one contiguous run:
+// it *gathers*. Each buffer is described by an iovec, { base address, length }, and the
+// request carries the address of an array of them and their count. IORING_OP_READV and
+// IORING_OP_WRITEV are io_uring's oldest I/O opcodes (Linux 5.1), older than the plain
+// READ and WRITE of lesson 04 (5.6): for a year and a half they were the only way to read.
+//
+// The lesson gathers three buffers into one write to a temp file, scatters the file back
+// into four buffers of different sizes with one read, and then reads it once more the way
+// `cat` does. With FILE arguments it *is* cat: each file is read through readv, 4 buffers of
+// 4 KiB per request, and its bytes go to standard output.
+//
+// Usage: lesson-09-vectored-io [FILE...]
+//
+// Read next: man 3 io_uring_prep_readv, man 3 io_uring_prep_writev, man 2 readv,
+// man 2 io_uring_enter (IORING_OP_READV).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLiburing
+import LabSupport
+
+let arguments = lessonArguments(usage: "lesson-09-vectored-io [FILE...]", max: Int.max)
+
+// MARK: - 1. A ring
+//
+// READV and WRITEV are as old as io_uring itself, so there is nothing to probe: a kernel
+// that lets us create a ring has them.
+
+let ring = makeRing(entries: 4)
+
+// Every request in this lesson is one SQE from `getSQE` (io_uring_get_sqe; the ring has 4
+// slots and each SQE is completed before the next is taken, so it cannot be full), submitted
+// and waited for on its own with `submitAndWait(ring)` (lesson 03's round trip). It returns a
+// copy of the CQE, taken before the slot went back to the kernel.
+
+// MARK: - 2. With FILE arguments: cat
+//
+// The work is done by `cat(_:_:)`, in section 5. Files are read in the order given and
+// their bytes written to standard output, nothing else; the first file that cannot be opened
+// or read ends the lesson with one error line and exit 1 (section 5 says which errors).
+
+if !arguments.isEmpty {
+    for path in arguments {
+        _ = cat(path, ring)
+    }
+    destroyRing(ring)
+    exit(0)
+}
+
+// MARK: - 3. Gather: three buffers, one writev
+//
+// Without arguments, a temp file to work on, opened with plain open(2) (opening through the
+// ring is lesson 04's subject, and needs 5.6).
+//
+// Three separate buffers, each its own allocation, and an array of three iovecs pointing at
+// them. The SQE holds only the address of the iovec array and its length, 3; the kernel
+// reads the array, then the bytes each iovec points at. So the array *and* every buffer must
+// stay at one address until the CQE arrives: all of them are allocated, never `&array`
+// (pinned for one call only), and freed after the CQE. (Since 5.5, IORING_FEAT_SUBMIT_STABLE,
+// the kernel copies the iovec array itself when it takes the SQE, but the buffers are read
+// while the request runs, and a readv's buffers are written then: keep everything.)
+//
+// The CQE's res is the total number of bytes written: all three buffers, end to end, at
+// offset 0 of the file.
+
+let path = makeTempFile(named: "vectored.txt", contents: [])
+let fd = open(path, O_RDWR)
+guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+
+let parts = ["gathered from three buffers, ", "written by one writev, ", "scattered by one readv\n"]
+let gather = UnsafeMutablePointer<iovec>.allocate(capacity: parts.count)
+for (index, part) in parts.enumerated() {
+    let bytes = Array(part.utf8)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+    buffer.copyBytes(from: bytes)
+    gather[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+}
+
+print("writev: \(parts.count) iovecs, one request at offset 0")
+for index in 0..<parts.count {
+    let piece = UnsafeRawBufferPointer(start: gather[index].iov_base, count: gather[index].iov_len)
+    print("  iovec \(index): \(piece.count) bytes \(quoted(piece))")
+}
+var sqe = getSQE(ring)
+io_uring_prep_writev(sqe, fd, gather, UInt32(parts.count), 0)
+io_uring_sqe_set_data64(sqe, 1)
+printCQE(submitAndWait(ring)[0], "writev")
+
+// The CQE is here: the kernel is done with the array and the buffers.
+for index in 0..<parts.count {
+    gather[index].iov_base?.deallocate()
+}
+gather.deallocate()
+
+// MARK: - 4. Scatter: one readv, four buffers of different sizes
+//
+// Four buffers of 10, 20, 30 and 40 bytes: room for 100, and the file holds 75. The kernel
+// fills them strictly in order: the first iovec completely, then the second, and so on, so
+// the CQE's res alone tells where every byte went. Here the first three are full and the
+// last gets the 15 bytes that are left. A readv that returns less than the iovecs hold
+// (a short read, lesson 04) always fills them this way: full ones, one partly, the rest
+// untouched.
+
+let sizes = [10, 20, 30, 40]
+let scatter = UnsafeMutablePointer<iovec>.allocate(capacity: sizes.count)
+for (index, size) in sizes.enumerated() {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+    scatter[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+}
+
+print("readv: \(sizes.count) iovecs of " + sizes.map(String.init).joined(separator: ", ")
+    + " bytes, one request at offset 0")
+sqe = getSQE(ring)
+io_uring_prep_readv(sqe, fd, scatter, UInt32(sizes.count), 0)
+io_uring_sqe_set_data64(sqe, 2)
+let readvCQE = submitAndWait(ring)[0]
+printCQE(readvCQE, "readv")
+guard readvCQE.res >= 0 else { fail("readv completed with res=\(describe(res: readvCQE.res))") }
+
+var left = Int(readvCQE.res)
+var reassembled: [UInt8] = []
+for index in 0..<sizes.count {
+    let got = min(left, scatter[index].iov_len)
+    let piece = UnsafeRawBufferPointer(start: scatter[index].iov_base, count: got)
+    print("  iovec \(index): \(got) of \(scatter[index].iov_len) bytes \(quoted(piece))")
+    reassembled += piece
+    left -= got
+}
+print("reassembled: \(quoted(reassembled))")
+
+for index in 0..<sizes.count {
+    scatter[index].iov_base?.deallocate()
+}
+scatter.deallocate()
+close(fd)
+
+// MARK: - 5. cat, with readv
+//
+// `cat(path, ring)` reads a whole file through the ring and copies it to standard output.
+// Each request is one readv into 4 iovecs of 4 KiB (16 KiB per request). The offset is
+// explicit, like pread: it starts at 0 and moves on by each CQE's res, and a res of 0 is the
+// end of the file. The buffers and the iovec array are allocated once, reused by every
+// request (each request is complete before the next is submitted), and freed at the end.
+//
+// The bytes go out with plain write(2), in a loop: standard output may be a pipe or a
+// terminal, where a write can be short, and the loop finishes it. (Writing through the ring
+// with writev would work too; a copy that keeps reads and writes in flight together, short
+// writes included, is lesson 10.)
+//
+// Errors: a file that cannot be opened is open(2)'s errno (ENOENT for a missing file); a
+// directory opens fine, and it is the readv's CQE that says -EISDIR. Either way the lesson
+// prints one error line and exits 1, having closed the file and freed the buffers.
+
+/// Copy the file at `path` to standard output through readv. Returns the number of bytes and
+/// of readv requests (the last one being the read that returned 0).
+func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt64, requests: Int) {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+
+    let iovecCount = 4
+    let bufferSize = 4096
+    let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: iovecCount)
+    for index in 0..<iovecCount {
+        iovecs[index] = iovec(iov_base: UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096),
+                              iov_len: bufferSize)
+    }
+    func release() {
+        for index in 0..<iovecCount { iovecs[index].iov_base?.deallocate() }
+        iovecs.deallocate()
+        close(fd)
+    }
+
+    var offset: UInt64 = 0
+    var requests = 0
+    while true {
+        let sqe = getSQE(ring)
+        io_uring_prep_readv(sqe, fd, iovecs, UInt32(iovecCount), offset)
+        io_uring_sqe_set_data64(sqe, UInt64(requests))
+        let cqe = submitAndWait(ring)[0]
+        requests += 1
+        guard cqe.res >= 0 else {
+            release()
+            fail("cannot read \(path): readv at offset \(offset) completed with res=\(describe(res: cqe.res))")
+        }
+        if cqe.res == 0 { break }  // end of file
+
+        // res bytes, spread over the iovecs in order: copy out each iovec's share.
+        var left = Int(cqe.res)
+        for index in 0..<iovecCount where left > 0 {
+            let share = min(left, iovecs[index].iov_len)
+            guard let base = iovecs[index].iov_base else { break }
+            var written = 0
+            while written < share {
+                let n = write(STDOUT_FILENO, base + written, share - written)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    let reason = errnoName(errno)
+                    release()
+                    fail("cannot write to standard output: \(reason)")
+                }
+                written += n
+            }
+            left -= share
+        }
+        offset += UInt64(cqe.res)
+    }
+    release()
+    return (offset, requests)
+}
+
+// The default run ends by cat-ing its temp file. print() buffers its output, and cat writes
+// straight to the fd with write(2), so the buffer is flushed first to keep the lines in order.
+
+print("cat \(path) with readv (4 iovecs of 4096 bytes per request), out with write(2):")
+fflush(nil)  // nil: every stdio stream, standard output among them
+let (total, requests) = cat(path, ring)
+print("cat: \(total) bytes in \(requests) readv requests, the last returned 0: end of file")
+
+destroyRing(ring)

@@ -62,6 +62,41 @@ final class Lesson04Tests: XCTestCase {
         run.assertError(mentioning: "-EISDIR", "read at offset 0")
     }
 
+    /// A FIFO cannot seek: the lesson reads it at offset -1, gets the writer's bytes, then 0
+    /// when the writer closes.
+    func testReadsAFIFOAtOffsetMinusOne() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let fifo = dir.appendingPathComponent("fifo").path
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        // The writer's open blocks until the lesson opens the FIFO for reading; it writes one
+        // line and closes, which is the reader's end of file. (Should the lesson never open the
+        // FIFO, the thread stays blocked in open until the test process exits.)
+        let writer = Thread {
+            let fd = open(fifo, O_WRONLY)
+            guard fd >= 0 else { return }
+            let line = Array("through a pipe\n".utf8)
+            _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+        }
+        writer.start()
+
+        let run = try Lesson("04").run([fifo], timeout: 10)
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        let lines = run.stdoutLines
+        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=2 res=15 flags=0 "
+            + "\"through a pipe\\n\"  <- short read: 15 of 65536 bytes"), run.transcript)
+        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=3 res=0 flags=0  "
+            + "<- 0: end of file"), run.transcript)
+        XCTAssert(lines.contains("the file's 15 bytes in 2 reads: \"through a pipe\\n\""), run.transcript)
+    }
+
+    /// "-" is not taken for standard input (openat would look for a file named "-").
+    func testRejectsDash() throws {
+        try Lesson("04").run(["-"]).assertError(mentioning: "\"-\"", "/dev/stdin")
+    }
+
     func testTooManyArguments() throws {
         let run = try Lesson("04").run(["a", "b"])
         run.assertError(mentioning: "too many arguments", "usage")

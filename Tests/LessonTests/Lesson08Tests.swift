@@ -1,0 +1,48 @@
+import XCTest
+
+final class Lesson08Tests: XCTestCase {
+    /// Every CQE by name in arrival order: the timer's -ETIME, the count's 0 after three NOPs,
+    /// the removed timeout's -ECANCELED and the removes' 0 and -ENOENT, both orders of the
+    /// link-timeout race, and wait_cqe_timeout's -ETIME return: lessons/08-timeouts.md.
+    func testTimeouts() throws {
+        let run = try Lesson("08").runAndCompareWithProse()
+        let lines = run.stdoutLines
+        // The lines that prove the lesson, asserted again in case the prose block is edited.
+        for line in [
+            "CQE 1: timeout 30 ms: user_data=1 res=-ETIME (-62) flags=0",
+            "CQE 4: timeout count 3: user_data=2 res=0 flags=0",
+            "CQE 2: timeout 10 s: user_data=6 res=-ECANCELED (-125) flags=0",
+            "CQE 1: timeout_remove user_data=6: user_data=7 res=0 flags=0",
+            "CQE 2: timeout_remove user_data=999: user_data=9 res=-ENOENT (-2) flags=0",
+            "CQE 1: link_timeout 50 ms: user_data=11 res=-ETIME (-62) flags=0",
+            "CQE 2: read: user_data=10 res=-ECANCELED (-125) flags=0",
+            "CQE 1: read: user_data=12 res=6 flags=0",
+            "CQE 2: link_timeout 50 ms: user_data=13 res=-ECANCELED (-125) flags=0",
+            "io_uring_wait_cqe_timeout = 0: timeout 30 ms: user_data=14 res=-ETIME (-62) flags=0",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+        // The timers really waited: never less than the time they were given.
+        XCTAssertGreaterThanOrEqual(try milliseconds(in: lines, after: "it arrived "), 30, run.transcript)
+        XCTAssertGreaterThanOrEqual(
+            try milliseconds(in: lines, after: "io_uring_wait_cqe_timeout = -ETIME (-62) after "), 20, run.transcript)
+        XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
+    }
+
+    func testRejectsArguments() throws {
+        try Lesson("08").run(["extra"]).assertError(mentioning: "too many arguments", "usage")
+    }
+
+    func testUnknownOption() throws {
+        try Lesson("08").run(["--timeout"]).assertError(mentioning: "unknown option --timeout")
+    }
+
+    /// The number right after `prefix` on the line that starts with it.
+    private func milliseconds(in lines: [String], after prefix: String) throws -> Int {
+        guard let line = lines.first(where: { $0.hasPrefix(prefix) }),
+              let value = Int(line.dropFirst(prefix.count).prefix { $0.isNumber }) else {
+            throw HarnessError("no line starting with \(prefix)")
+        }
+        return value
+    }
+}

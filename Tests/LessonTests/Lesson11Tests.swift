@@ -1,0 +1,85 @@
+import Foundation
+import XCTest
+
+final class Lesson11Tests: XCTestCase {
+    /// Bytes moved by every splice and the tee, tee leaving pipe A full, the linked pair, the
+    /// short splice that cancels its link, and all four copies equal to the source: the
+    /// expected block of lessons/11-splice-tee.md.
+    func testSpliceAndTeeTheDefaultFile() throws {
+        let run = try Lesson("11").runAndCompareWithProse()
+        // The lines that prove the lesson, asserted again in case the prose block is edited.
+        let lines = run.stdoutLines
+        for line in [
+            "pipe A: capacity 65536 bytes, pipe B: capacity 65536 bytes (F_GETPIPE_SZ)",
+            "  in the pipes now (FIONREAD): A 10000 bytes, B 10000 bytes",
+            "  CQE 2: splice pipe A -> linked-copy.txt: user_data=6 res=10000 flags=0",
+            "  CQE 1: splice source -> pipe C: user_data=7 res=4096 flags=0  <- short: 4096 of 10000 bytes",
+            "  CQE 2: splice pipe C -> small-pipe-copy.txt: user_data=8 res=-ECANCELED (-125) flags=0",
+            "splice-copy.txt: 10000 bytes, identical to the source",
+            "tee-copy.txt: 10000 bytes, identical to the source",
+            "linked-copy.txt: 10000 bytes, identical to the source",
+            "small-pipe-copy.txt: 10000 bytes, identical to the source",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+    }
+
+    /// A file larger than a pipe goes round by round: 1 MB is 16 rounds of at most 64 KiB
+    /// (245 through the one-page pipe), output bounded, and every copy identical.
+    func testCopiesALargerFileInRounds() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("big.bin")
+        try Data((0..<1_000_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }).write(to: file)
+
+        let run = try Lesson("11").run([file.path])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        let lines = run.stdoutLines
+        for line in [
+            "source: \(file.path), 1000000 bytes",
+            "round 3: offset 131072, 65536 bytes",
+            "... 13 more rounds not shown",
+            "  CQE 1: splice source -> pipe C: user_data=97 res=4096 flags=0  <- short: 4096 of 65536 bytes",
+            "... 242 more rounds not shown",
+            "splice-copy.txt: 1000000 bytes, identical to the source",
+            "tee-copy.txt: 1000000 bytes, identical to the source",
+            "linked-copy.txt: 1000000 bytes, identical to the source",
+            "small-pipe-copy.txt: 1000000 bytes, identical to the source",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+        XCTAssertLessThan(lines.count, 80, "output is bounded\n\(run.transcript)")
+    }
+
+    /// The limitation the prose states: copies are sized by st_size, and /proc reports 0 bytes,
+    /// so nothing is copied (and the empty copies match the "empty" source).
+    func testProcFileWhoseSizeStatDoesNotTell() throws {
+        let run = try Lesson("11").run(["/proc/self/status"])
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 0, run.transcript)
+        XCTAssert(run.stdoutLines.contains("source: /proc/self/status, 0 bytes"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("splice-copy.txt: 0 bytes, identical to the source"), run.transcript)
+    }
+
+    func testMissingFile() throws {
+        try Lesson("11").run(["/nonexistent/lesson-11/source.txt"]).assertError(mentioning: "ENOENT")
+    }
+
+    func testDirectoryIsNotARegularFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Lesson("11").run([dir.path]).assertError(mentioning: "not a regular file")
+    }
+
+    func testTooManyArguments() throws {
+        try Lesson("11").run(["a", "b"]).assertError(mentioning: "too many arguments", "usage")
+    }
+
+    private func makeDirectory() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("lesson-11-input-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}

@@ -1,0 +1,29 @@
+import XCTest
+
+final class Lesson13Tests: XCTestCase {
+    /// Reads through slot indices (before and after the real fds are closed), the update, the
+    /// emptied slot's -EBADF, the sparse table and its never-filled slot's -EBADF: the expected
+    /// block of lessons/13-fixed-files.md.
+    func testFixedFiles() throws {
+        let run = try Lesson("13").runAndCompareWithProse()
+        // The lines that prove the lesson, asserted again in case the prose block is edited.
+        let lines = run.stdoutLines
+        for line in [
+            "read slot 0: user_data=1 res=6 flags=0 \"apple\\n\"",
+            "read slot 2: user_data=6 res=7 flags=0 \"cherry\\n\"",
+            "read slot 1 (updated): user_data=7 res=7 flags=0 \"damson\\n\"",
+            "read slot 2 (emptied): user_data=8 res=-EBADF (-9) flags=0",
+            "io_uring_register_files_sparse(4) = 0",
+            "read slot 0 (never filled): user_data=11 res=-EBADF (-9) flags=0",
+            "read slot 3 (filled): user_data=12 res=6 flags=0 \"apple\\n\"",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+        // The closed fds really were closed in the process.
+        XCTAssertEqual(lines.filter { $0.hasSuffix("F_GETFD) = -1 EBADF") }.count, 3, run.transcript)
+    }
+
+    func testRejectsArguments() throws {
+        try Lesson("13").run(["extra"]).assertError(mentioning: "too many arguments", "usage")
+    }
+}
