@@ -260,8 +260,10 @@ case (let res, "1") where res > 0:
 case (-EOPNOTSUPP, "0"):
     print("result: no polled read happened: \(disk) has no poll queues (io_poll=0), "
         + "so the kernel refused the polled request")
-case (-EOPNOTSUPP, nil):
+case (-EOPNOTSUPP, nil) where diskName == nil:
     print("result: no polled read happened: the file is on no block device, so there is nothing to poll")
+case (-EOPNOTSUPP, nil):
+    print("result: no polled read happened, and \(disk)'s io_poll could not be read to say why")
 case (-EOPNOTSUPP, _):
     print("result: no polled read happened, although \(disk) reports io_poll=\(ioPoll ?? "?"): "
         + "this filesystem does not support polled I/O")
