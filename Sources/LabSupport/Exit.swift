@@ -16,6 +16,7 @@ public let skipExitCode: Int32 = 77
 
 /// Print `error: <message>` to standard error and exit with status 1.
 public func fail(_ message: String) -> Never {
+    fflush(nil)  // what the lesson printed so far comes first, even when stdout is a pipe
     let line = Array("error: \(message)\n".utf8)
     _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(1)
