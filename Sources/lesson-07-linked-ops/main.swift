@@ -58,41 +58,20 @@ extraBuffer.copyBytes(from: extra)
 
 // Labels for the CQEs, by user_data: the CQE carries nothing else that says which request it
 // answers.
-var labels: [UInt64: String] = [:]
-var nextUserData: UInt64 = 1
+let labels = RequestLabels()
 
 // SQEs come from `getSQE` (io_uring_get_sqe, failing with an error line if the SQ is full).
 // A chain must be submitted whole (a link never crosses submits), so a full SQ would be a bug
 // here: each chain has at most 3 SQEs, the ring 8, and every chain is submitted and reaped
 // before the next one is prepared.
 
-/// Give `sqe` the next user_data and remember what it is for.
-func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String,
-         _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) {
-    io_uring_sqe_set_data64(sqe, nextUserData)
-    labels[nextUserData] = label
-    nextUserData += 1
-}
-
 /// Submit the prepared chain with one io_uring_submit, wait for `count` CQEs, and print them
 /// in the order they arrived. Returns copies of the CQEs in that order.
-func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: [UInt64: String]) -> [io_uring_cqe] {
+func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: RequestLabels) -> [io_uring_cqe] {
     let submitted = io_uring_submit(ring)
     print("io_uring_submit = \(describe(res: submitted))")
     guard submitted == count else { fail("expected to submit \(count) SQEs") }
-    var arrived: [io_uring_cqe] = []
-    for position in 1...count {
-        var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-        let ret = io_uring_wait_cqe(ring, &cqePointer)
-        guard ret == 0, let pointer = cqePointer else {
-            fail("io_uring_wait_cqe returned \(describe(res: ret))")
-        }
-        let cqe = pointer.pointee  // copy it before handing the slot back
-        io_uring_cqe_seen(ring, pointer)
-        printCQE(cqe, "CQE \(position): \(labels[cqe.user_data] ?? "?")")
-        arrived.append(cqe)
-    }
-    return arrived
+    return waitAndPrint(ring, count: count, labels: labels)  // io_uring_wait_cqe + cqe_seen, count times
 }
 
 // MARK: - 2. write -> fsync -> read, linked
@@ -106,16 +85,16 @@ print("write -> fsync -> read, linked with IOSQE_IO_LINK:")
 var sqe = getSQE(ring)
 io_uring_prep_write(sqe, readWrite, writeBuffer.baseAddress, UInt32(text.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-tag(sqe, "write", &labels, &nextUserData)
+labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readWrite, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-tag(sqe, "fsync", &labels, &nextUserData)
+labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
-tag(sqe, "read", &labels, &nextUserData)
+labels.tag(sqe, "read")
 
 let ordered = submitAndPrint(ring, count: 3, labels: labels)
 if let read = ordered.last, read.res > 0 {
@@ -132,16 +111,16 @@ print("the same chain, writing through a read-only fd:")
 sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-tag(sqe, "write", &labels, &nextUserData)
+labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-tag(sqe, "fsync", &labels, &nextUserData)
+labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
-tag(sqe, "read", &labels, &nextUserData)
+labels.tag(sqe, "read")
 
 _ = submitAndPrint(ring, count: 3, labels: labels)
 
@@ -156,11 +135,11 @@ print("a read asking for more than the file holds, linked to a write:")
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-tag(sqe, "read 4096", &labels, &nextUserData)
+labels.tag(sqe, "read 4096")
 
 sqe = getSQE(ring)
 io_uring_prep_write(sqe, readWrite, extraBuffer.baseAddress, UInt32(extra.count), UInt64(text.count))
-tag(sqe, "write", &labels, &nextUserData)
+labels.tag(sqe, "write")
 
 _ = submitAndPrint(ring, count: 2, labels: labels)
 var info = stat()
@@ -179,16 +158,16 @@ print("the failing chain with IOSQE_IO_HARDLINK:")
 sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
-tag(sqe, "write", &labels, &nextUserData)
+labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
 io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
-tag(sqe, "fsync", &labels, &nextUserData)
+labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
-tag(sqe, "read", &labels, &nextUserData)
+labels.tag(sqe, "read")
 
 let hard = submitAndPrint(ring, count: 3, labels: labels)
 if let read = hard.last, read.res > 0 {

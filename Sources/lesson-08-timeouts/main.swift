@@ -39,22 +39,18 @@ let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK_TIMEOUT,
                IORING_OP_READ, IORING_OP_NOP)
 
-/// The lesson's record of its requests: a label for each user_data (a CQE says nothing else
-/// about the request it answers), and the labels of the SQEs queued since the last submit.
+/// The lesson's record of its requests: a label for each user_data (LabSupport's RequestLabels;
+/// a CQE says nothing else about the request it answers), and the labels of the SQEs queued
+/// since the last submit.
 struct Requests {
-    var labels: [UInt64: String] = [:]
+    let labels = RequestLabels()
     var queued: [String] = []
-    var nextUserData: UInt64 = 1
 
     /// Give `sqe` the next user_data, remember what it is for, and return the user_data.
     @discardableResult
     mutating func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String) -> UInt64 {
-        let userData = nextUserData
-        io_uring_sqe_set_data64(sqe, userData)
-        labels[userData] = label
         queued.append(label)
-        nextUserData += 1
-        return userData
+        return labels.tag(sqe, label)
     }
 
     /// io_uring_submit, checking that the kernel took every queued SQE, and saying which.
@@ -67,19 +63,7 @@ struct Requests {
 
     /// Wait for `count` CQEs and print them, by name, in the order they arrived. Returns copies.
     func waitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> [io_uring_cqe] {
-        var arrived: [io_uring_cqe] = []
-        for position in 1...count {
-            var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-            let ret = io_uring_wait_cqe(ring, &cqePointer)
-            guard ret == 0, let pointer = cqePointer else {
-                fail("io_uring_wait_cqe returned \(describe(res: ret))")
-            }
-            let cqe = pointer.pointee  // copy it before handing the slot back
-            io_uring_cqe_seen(ring, pointer)
-            printCQE(cqe, "CQE \(position): \(labels[cqe.user_data] ?? "?")")
-            arrived.append(cqe)
-        }
-        return arrived
+        LabSupport.waitAndPrint(ring, count: count, labels: labels)
     }
 }
 var requests = Requests()
@@ -291,7 +275,7 @@ guard ret == 0, let pointer = cqePointer else {
 }
 let timerCQE = pointer.pointee
 io_uring_cqe_seen(ring, pointer)
-printCQE(timerCQE, "io_uring_wait_cqe_timeout = \(ret): \(requests.labels[timerCQE.user_data] ?? "?")")
+printCQE(timerCQE, "io_uring_wait_cqe_timeout = \(ret): \(requests.labels[timerCQE.user_data])")
 longWait.deallocate()
 shortTimer.deallocate()
 

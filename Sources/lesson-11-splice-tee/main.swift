@@ -125,20 +125,9 @@ let smallPipeCopy = createDestination("small-pipe-copy.txt")
 // are ever prepared before a submit that reaps them all, so io_uring_get_sqe cannot return nil
 // here (the guard ends the lesson with an error line if it ever did).
 
-// `labels` and `nextUserData` are top-level variables, which Swift 6 makes main-actor globals;
-// the functions below take them as arguments instead of reaching for them, which is all the
-// `&labels, &nextUserData` at each call is about.
-var labels: [UInt64: String] = [:]
-var nextUserData: UInt64 = 1
-
-func prepare(_ ring: UnsafeMutablePointer<io_uring>, _ label: String,
-             _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) -> UnsafeMutablePointer<io_uring_sqe> {
-    let sqe = getSQE(ring)
-    io_uring_sqe_set_data64(sqe, nextUserData)
-    labels[nextUserData] = label
-    nextUserData += 1
-    return sqe
-}
+// `labels` (LabSupport's RequestLabels) hands out the user_data values and remembers a label
+// for each; `labels.getSQE(ring, "...")` is getSQE plus io_uring_sqe_set_data64.
+let labels = RequestLabels()
 
 /// Submit what is prepared with one io_uring_submit and wait for `count` CQEs, returned in the
 /// order they arrived (each copied before its slot is handed back).
@@ -164,8 +153,8 @@ func roundsNotShown(_ rounds: Int) {
 }
 
 /// The rule every CQE below is checked against: it moved exactly the bytes we asked for.
-func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: [UInt64: String]) {
-    let label = labels[cqe.user_data] ?? "?"
+func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
+    let label = labels[cqe.user_data]
     guard cqe.res >= 0 else { fail("\(label) completed with res=\(describe(res: cqe.res))") }
     guard cqe.res == Int32(bytes) else { fail("\(label) moved \(cqe.res) bytes, expected \(bytes)") }
 }
@@ -204,13 +193,13 @@ while offset < size {
     let show = round <= shownRounds
     if show { print("round \(round): offset \(offset), \(want) bytes") }
 
-    var sqe = prepare(ring, "splice source -> pipe A", &labels, &nextUserData)
+    var sqe = labels.getSQE(ring, "splice source -> pipe A")
     io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
     let intoA = submitAndWait(ring, count: 1).cqes[0]
     if show { printCQE(intoA, "  splice source -> pipe A") }
     expect(intoA, want, labels)
 
-    sqe = prepare(ring, "tee pipe A -> pipe B", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "tee pipe A -> pipe B")
     io_uring_prep_tee(sqe, pipeA.read, pipeB.write, UInt32(want), 0)
     let teed = submitAndWait(ring, count: 1).cqes[0]
     if show {
@@ -219,13 +208,13 @@ while offset < size {
     }
     expect(teed, want, labels)
 
-    sqe = prepare(ring, "splice pipe A -> \(spliceCopy.name)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "splice pipe A -> \(spliceCopy.name)")
     io_uring_prep_splice(sqe, pipeA.read, -1, spliceCopy.fd, Int64(offset), UInt32(want), 0)
     let outOfA = submitAndWait(ring, count: 1).cqes[0]
     if show { printCQE(outOfA, "  splice pipe A -> \(spliceCopy.name)") }
     expect(outOfA, want, labels)
 
-    sqe = prepare(ring, "splice pipe B -> \(teeCopy.name)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "splice pipe B -> \(teeCopy.name)")
     io_uring_prep_splice(sqe, pipeB.read, -1, teeCopy.fd, Int64(offset), UInt32(want), 0)
     let outOfB = submitAndWait(ring, count: 1).cqes[0]
     if show {
@@ -256,10 +245,10 @@ round = 0
 while offset < size {
     let want = min(size - offset, capacity)
     round += 1
-    var sqe = prepare(ring, "splice source -> pipe A", &labels, &nextUserData)
+    var sqe = labels.getSQE(ring, "splice source -> pipe A")
     io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-    sqe = prepare(ring, "splice pipe A -> \(linkedCopy.name)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "splice pipe A -> \(linkedCopy.name)")
     io_uring_prep_splice(sqe, pipeA.read, -1, linkedCopy.fd, Int64(offset), UInt32(want), 0)
 
     let (submitted, cqes) = submitAndWait(ring, count: 2)
@@ -267,7 +256,7 @@ while offset < size {
         print("round \(round): offset \(offset), \(want) bytes")
         print("  io_uring_submit = \(submitted)")
         for (position, cqe) in cqes.enumerated() {
-            printCQE(cqe, "  CQE \(position + 1): \(labels[cqe.user_data] ?? "?")")
+            printCQE(cqe, "  CQE \(position + 1): \(labels[cqe.user_data])")
         }
     }
     for cqe in cqes { expect(cqe, want, labels) }
@@ -293,11 +282,11 @@ while offset < size {
     let want = min(size - offset, round == 0 ? capacity : smallCapacity)
     round += 1
     let show = round <= shownRounds
-    let intoPipeUserData = nextUserData
-    var sqe = prepare(ring, "splice source -> pipe C", &labels, &nextUserData)
+    var sqe = labels.getSQE(ring, "splice source -> pipe C")
+    let intoPipeUserData = sqe.pointee.user_data
     io_uring_prep_splice(sqe, source, Int64(offset), pipeC.write, -1, UInt32(want), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
-    sqe = prepare(ring, "splice pipe C -> \(smallPipeCopy.name)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
     io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(want), 0)
 
     let (submitted, cqes) = submitAndWait(ring, count: 2)
@@ -307,7 +296,7 @@ while offset < size {
         for (position, cqe) in cqes.enumerated() {
             let moved = Int(cqe.res)
             let note = moved >= 0 && moved < want ? "  <- short: \(moved) of \(want) bytes" : ""
-            print("  CQE \(position + 1): \(labels[cqe.user_data] ?? "?"): \(format(cqe))" + note)
+            print("  CQE \(position + 1): \(labels[cqe.user_data]): \(format(cqe))" + note)
         }
     }
     // Which CQE is which: they arrive in chain order, but user_data is what says so.
@@ -322,7 +311,7 @@ while offset < size {
         // is empty, and returns once it has moved what the pipe held (up to what was asked):
         // here the pipe holds exactly `moved` bytes, so it moves them all.
         if show { print("  in pipe C now (FIONREAD): \(bytesIn(pipeC)) bytes, left by the cancelled link") }
-        sqe = prepare(ring, "splice pipe C -> \(smallPipeCopy.name)", &labels, &nextUserData)
+        sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
         io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(moved), 0)
         let rescue = submitAndWait(ring, count: 1).cqes[0]
         if show { printCQE(rescue, "  lone splice pipe C -> \(smallPipeCopy.name)") }

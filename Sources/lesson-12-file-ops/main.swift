@@ -76,29 +76,20 @@ let symlinkTarget = "data.bin"  // relative to the symlink's own directory
 // already there and make no system call. The CQEs are printed in the order they arrive.
 // `results` keeps every request's res by user_data, so the cleanup can tell what really happened.
 //
-// `labels`, `results` and `nextUserData` are top-level variables, which Swift 6 makes
-// main-actor globals; the functions take them as (inout) arguments rather than reach for them,
-// which is all the `&labels, &nextUserData` at each call is about.
+// `labels` (LabSupport's RequestLabels) hands out the user_data values and remembers a label
+// for each: `labels.getSQE(ring, "...")` is getSQE plus io_uring_sqe_set_data64. `results` is
+// a top-level variable, which Swift 6 makes a main-actor global, so the function below takes it
+// as an inout argument rather than reach for it: that is all `&results` at each call is about.
 //
 // io_uring_get_sqe returns nil only when the SQ is full. The ring has 16 entries and the
 // longest chain 11 SQEs, each chain submitted and reaped before the next is prepared, so it
-// cannot here; the guard would end the lesson with an error line, not a trap.
+// cannot here; getSQE would end the lesson with an error line, not a trap.
 
-var labels: [UInt64: String] = [:]
+let labels = RequestLabels()
 var results: [UInt64: Int32] = [:]
-var nextUserData: UInt64 = 1
-
-func prepare(_ ring: UnsafeMutablePointer<io_uring>, _ label: String,
-             _ labels: inout [UInt64: String], _ nextUserData: inout UInt64) -> UnsafeMutablePointer<io_uring_sqe> {
-    let sqe = getSQE(ring)
-    io_uring_sqe_set_data64(sqe, nextUserData)
-    labels[nextUserData] = label
-    nextUserData += 1
-    return sqe
-}
 
 /// Submit what is prepared, wait for every CQE, print each in arrival order and record its res.
-func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: [UInt64: String],
+func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: RequestLabels,
                     results: inout [UInt64: Int32], numbered: Bool = true) {
     let submitted = io_uring_submit_and_wait(ring, UInt32(count))
     if numbered { print("io_uring_submit_and_wait = \(describe(res: submitted))") }
@@ -112,7 +103,7 @@ func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: 
         let cqe = cqePointer.pointee  // copy it before handing the slot back
         io_uring_cqe_seen(ring, cqePointer)
         results[cqe.user_data] = cqe.res
-        let label = labels[cqe.user_data] ?? "?"
+        let label = labels[cqe.user_data]
         printCQE(cqe, numbered ? "CQE \(position): \(label)" : label)
     }
 }
@@ -125,7 +116,7 @@ func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: 
 
 let directory = arguments.first ?? makeTempDir("lesson-12")
 print("directory: \(directory)")
-let openDirSQE = prepare(ring, "openat DIR O_DIRECTORY", &labels, &nextUserData)
+let openDirSQE = labels.getSQE(ring, "openat DIR O_DIRECTORY")
 io_uring_prep_openat(openDirSQE, AT_FDCWD, cString(directory, &cStrings), O_RDONLY | O_DIRECTORY, 0)
 let openDirID = openDirSQE.pointee.user_data
 submitAndPrint(ring, count: 1, labels: labels, results: &results, numbered: false)
@@ -243,7 +234,7 @@ for name in [dirName, tmpName] {
 // O_EXCL makes the openat fail with -EEXIST if the name was taken after all (section 6): a
 // file it does create is certainly ours, which the cleanup relies on.
 
-let openSQE = prepare(ring, "openat \(tmpName) O_CREAT|O_EXCL|O_RDWR", &labels, &nextUserData)
+let openSQE = labels.getSQE(ring, "openat \(tmpName) O_CREAT|O_EXCL|O_RDWR")
 io_uring_prep_openat(openSQE, dirfd, cString(tmpName, &cStrings), O_CREAT | O_EXCL | O_RDWR, 0o644)
 let openID = openSQE.pointee.user_data
 submitAndPrint(ring, count: 1, labels: labels, results: &results, numbered: false)
@@ -302,65 +293,65 @@ if fd >= 0 {
     // io_uring_prep_rw, which writes every field of the SQE except user_data (set by prepare),
     // flags = 0 included. A link flag set before it would silently vanish, and the requests
     // would run unordered, all at once.
-    var sqe = prepare(ring, "write \(text.count) bytes at 0", &labels, &nextUserData)
+    var sqe = labels.getSQE(ring, "write \(text.count) bytes at 0")
     io_uring_prep_write(sqe, fd, writeBuffer.baseAddress, UInt32(text.count), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     chainIDs.append(sqe.pointee.user_data)
 
-    sqe = prepare(ring, "fallocate \(size) bytes at 0", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "fallocate \(size) bytes at 0")
     io_uring_prep_fallocate(sqe, fd, 0, 0, off_t(size))
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     chainIDs.append(sqe.pointee.user_data)
 
-    sqe = prepare(ring, "sync_file_range WRITE|WAIT_AFTER", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "sync_file_range WRITE|WAIT_AFTER")
     io_uring_prep_sync_file_range(sqe, fd, UInt32(size), 0, SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     chainIDs.append(sqe.pointee.user_data)
 
-    sqe = prepare(ring, "fsync", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "fsync")
     io_uring_prep_fsync(sqe, fd, 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     chainIDs.append(sqe.pointee.user_data)
 
-    sqe = prepare(ring, "fadvise DONTNEED", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "fadvise DONTNEED")
     io_uring_prep_fadvise(sqe, fd, 0, off_t(size), POSIX_FADV_DONTNEED)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     chainIDs.append(sqe.pointee.user_data)
 
-    sqe = prepare(ring, "statx \(tmpName)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "statx \(tmpName)")
     io_uring_prep_statx(sqe, dirfd, cString(tmpName, &cStrings), AT_SYMLINK_NOFOLLOW,
                         UInt32(STATX_NLINK | STATX_SIZE | STATX_BLOCKS), statxBuffer)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     statxID = sqe.pointee.user_data
     chainIDs.append(statxID)
 
-    sqe = prepare(ring, "close the file's fd", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "close the file's fd")
     io_uring_prep_close(sqe, fd)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     closeID = sqe.pointee.user_data
     chainIDs.append(closeID)
 
-    sqe = prepare(ring, "mkdirat \(dirName)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "mkdirat \(dirName)")
     io_uring_prep_mkdirat(sqe, dirfd, cString(dirName, &cStrings), 0o755)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     mkdiratID = sqe.pointee.user_data
     chainIDs.append(mkdiratID)
 
-    sqe = prepare(ring, "renameat \(tmpName) -> \(fileName) NOREPLACE", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "renameat \(tmpName) -> \(fileName) NOREPLACE")
     io_uring_prep_renameat(sqe, dirfd, cString(tmpName, &cStrings), dirfd, cString(fileName, &cStrings),
                            UInt32(RENAME_NOREPLACE))
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     renameatID = sqe.pointee.user_data
     chainIDs.append(renameatID)
 
-    sqe = prepare(ring, "linkat \(fileName) -> \(hardlinkName)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "linkat \(fileName) -> \(hardlinkName)")
     io_uring_prep_linkat(sqe, dirfd, cString(fileName, &cStrings), dirfd, cString(hardlinkName, &cStrings), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
     linkatID = sqe.pointee.user_data
     chainIDs.append(linkatID)
 
     // The last link: no IOSQE_IO_LINK, so the chain ends here.
-    sqe = prepare(ring, "symlinkat \(symlinkName) -> \(symlinkTarget)", &labels, &nextUserData)
+    sqe = labels.getSQE(ring, "symlinkat \(symlinkName) -> \(symlinkTarget)")
     io_uring_prep_symlinkat(sqe, cString(symlinkTarget, &cStrings), dirfd, cString(symlinkName, &cStrings))
     symlinkatID = sqe.pointee.user_data
     chainIDs.append(symlinkatID)
@@ -371,7 +362,7 @@ if fd >= 0 {
     if let failed = chainIDs.firstIndex(where: { (results[$0] ?? -1) < 0 }), failed + 1 < chainIDs.count {
         let later = chainIDs[(failed + 1)...]
         let ran = later.filter { results[$0] != -ECANCELED }.count
-        let name = labels[chainIDs[failed]] ?? "?"
+        let name = labels[chainIDs[failed]]
         if ran == 0 {
             print("\(name) failed: the \(later.count) links after it were cancelled")
         } else {
@@ -429,20 +420,20 @@ print("cleanup, one chain with IOSQE_IO_HARDLINK:")
 var removalIDs: [(id: UInt64, name: String, flags: Int32)] = []
 var cleanupCount = 0
 if fd >= 0 && results[closeID] == -ECANCELED {
-    let sqe = prepare(ring, "close the file's fd", &labels, &nextUserData)
+    let sqe = labels.getSQE(ring, "close the file's fd")
     io_uring_prep_close(sqe, fd)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
     cleanupCount += 1
 }
 for removal in removals {
     let label = "unlinkat \(removal.name)" + (removal.flags == AT_REMOVEDIR ? " AT_REMOVEDIR" : "")
-    let sqe = prepare(ring, label, &labels, &nextUserData)
+    let sqe = labels.getSQE(ring, label)
     io_uring_prep_unlinkat(sqe, dirfd, cString(removal.name, &cStrings), removal.flags)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
     removalIDs.append((sqe.pointee.user_data, removal.name, removal.flags))
     cleanupCount += 1
 }
-let closeDirSQE = prepare(ring, "close the directory fd", &labels, &nextUserData)
+let closeDirSQE = labels.getSQE(ring, "close the directory fd")
 io_uring_prep_close(closeDirSQE, dirfd)
 cleanupCount += 1
 submitAndPrint(ring, count: cleanupCount, labels: labels, results: &results)
@@ -480,6 +471,6 @@ if fd < 0 {
     fail("openat \(tmpName) completed with res=\(describe(res: fd)); \(directory) is as it was")
 }
 if let failed = chainIDs.first(where: { (results[$0] ?? -1) < 0 }) {
-    fail("\(labels[failed] ?? "?") completed with res=\(describe(res: results[failed] ?? 0)); "
+    fail("\(labels[failed]) completed with res=\(describe(res: results[failed] ?? 0)); "
         + "\(directory) is as it was")
 }
