@@ -10,7 +10,8 @@ public func errnoName(_ code: Int32) -> String {
 }
 
 /// A CQE `res` (or a liburing return value) as text: `12` when it is a count or an fd,
-/// `-ENOENT (-2)` when it is a negated errno.
+/// `-ENOENT (-2)` when it is a negated errno. The lab prints a plain system call's failure
+/// the same way, `describe(res: -errno)`: one style for every error the kernel returns.
 public func describe(res: Int32) -> String {
     res >= 0 ? "\(res)" : "-\(errnoName(-res)) (\(res))"
 }

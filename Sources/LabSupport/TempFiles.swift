@@ -13,7 +13,7 @@ public func makeTempDir(_ purpose: String = "lesson") -> String {
     let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
     var template = Array("\(base)/iouring-lab-\(purpose)-XXXXXX".utf8CString)
     guard let made = mkdtemp(&template) else {
-        fail("cannot create a temporary directory under \(base): \(errnoName(errno))")
+        fail("cannot create a temporary directory under \(base): \(describe(res: -errno))")
     }
     let path = String(cString: made)
     _ = releaseAtExit { removeTree(path) }
@@ -24,12 +24,12 @@ public func makeTempDir(_ purpose: String = "lesson") -> String {
 public func makeTempFile(named name: String = "data.txt", contents: [UInt8]) -> String {
     let path = makeTempDir() + "/" + name
     let fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0o644)
-    guard fd >= 0 else { fail("cannot create \(path): \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot create \(path): \(describe(res: -errno))") }
     defer { close(fd) }
     var written = 0
     while written < contents.count {
         let n = contents[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { fail("cannot write \(path): \(errnoName(errno))") }
+        guard n > 0 else { fail("cannot write \(path): \(describe(res: -errno))") }
         written += n
     }
     return path

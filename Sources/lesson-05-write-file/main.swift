@@ -54,7 +54,7 @@ let dir = makeTempDir("lesson-05")
 
 func openFile(_ path: String, _ flags: Int32) -> Int32 {
     let fd = open(path, flags, 0o644)
-    guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
     return fd
 }
 
@@ -83,7 +83,7 @@ func printContents(_ path: String) {
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
         let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(contents.count)) }
-        guard n >= 0 else { fail("cannot read \(path) back: \(errnoName(errno))") }
+        guard n >= 0 else { fail("cannot read \(path) back: \(describe(res: -errno))") }
         if n == 0 { break }
         contents += chunk[..<n]
     }
@@ -193,7 +193,7 @@ let appendPath = dir + "/append.txt"
 let appendFD = openFile(appendPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
 let firstLine = Array("line 1\n".utf8)
 guard firstLine.withUnsafeBytes({ write(appendFD, $0.baseAddress, $0.count) }) == firstLine.count else {
-    fail("cannot write the first line of \(appendPath): \(errnoName(errno))")
+    fail("cannot write the first line of \(appendPath): \(describe(res: -errno))")
 }
 print("append.txt: opened O_APPEND, the first line written with write(2)")
 printContents(appendPath)

@@ -41,7 +41,7 @@ requireOpcodes(ring, IORING_OP_WRITE, IORING_OP_READ, IORING_OP_FSYNC)
 let path = makeTempFile(named: "chain.txt", contents: [])
 let readWrite = open(path, O_RDWR)
 let readOnly = open(path, O_RDONLY)
-guard readWrite >= 0, readOnly >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+guard readWrite >= 0, readOnly >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
 // The buffers the kernel reads from and writes into. They must stay at one address until the
 // CQE of the request that uses them has arrived, and a linked request may run long after
@@ -143,7 +143,7 @@ labels.tag(sqe, "write")
 
 _ = submitAndPrint(ring, count: 2, labels: labels)
 var info = stat()
-guard fstat(readWrite, &info) == 0 else { fail("fstat: \(errnoName(errno))") }
+guard fstat(readWrite, &info) == 0 else { fail("fstat: \(describe(res: -errno))") }
 print("file size after: \(info.st_size) bytes")
 
 // MARK: - 5. IOSQE_IO_HARDLINK: the chain goes on after a failure

@@ -186,7 +186,7 @@ _ = requests.waitAndPrint(ring, count: 2)
 // Match CQEs by user_data, never by their position.
 
 var pipeFDs: [Int32] = [-1, -1]
-guard pipe(&pipeFDs) == 0 else { fail("pipe: \(errnoName(errno))") }
+guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 let (pipeRead, pipeWrite) = (pipeFDs[0], pipeFDs[1])
 let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
 
@@ -221,7 +221,7 @@ deadline.deallocate()
 print("the same pair with 6 bytes already in the pipe")
 let ready = Array("ready\n".utf8)
 guard write(pipeWrite, ready, ready.count) == ready.count else {
-    fail("write to the pipe: \(errnoName(errno))")
+    fail("write to the pipe: \(describe(res: -errno))")
 }
 let deadline2 = makeTimespec(milliseconds: 50)
 sqe = getSQE(ring)

@@ -78,7 +78,7 @@ if !arguments.isEmpty {
 
 let path = makeTempFile(named: "vectored.txt", contents: [])
 let fd = open(path, O_RDWR)
-guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
 let parts = ["gathered from three buffers, ", "written by one writev, ", "scattered by one readv\n"]
 let gather = UnsafeMutablePointer<iovec>.allocate(capacity: parts.count)
@@ -176,7 +176,7 @@ close(fd)
 /// of readv requests (the last one being the read that returned 0).
 func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt64, requests: Int) {
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
     var input = stat(), output = stat()
     if fstat(fd, &input) == 0, fstat(STDOUT_FILENO, &output) == 0,
@@ -222,7 +222,7 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt
                 let n = write(STDOUT_FILENO, base + written, share - written)
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else {
-                    let reason = errnoName(errno)
+                    let reason = describe(res: -errno)
                     release()
                     fail("cannot write to standard output: \(reason)")
                 }

@@ -120,7 +120,7 @@ func kindOfFile(_ info: stat) -> String {
 }
 
 var sourceInfo = stat()
-guard stat(sourcePath, &sourceInfo) == 0 else { fail("cannot read SRC \(sourcePath): \(errnoName(errno))") }
+guard stat(sourcePath, &sourceInfo) == 0 else { fail("cannot read SRC \(sourcePath): \(describe(res: -errno))") }
 guard isRegularFile(sourceInfo) else { fail("cannot copy SRC \(sourcePath): it is \(kindOfFile(sourceInfo))") }
 
 var copyInfo = stat()
@@ -134,21 +134,21 @@ if stat(copyPath, &copyInfo) == 0 {
 }
 
 let sourceFD = open(sourcePath, O_RDONLY | O_CLOEXEC)
-guard sourceFD >= 0 else { fail("cannot open SRC \(sourcePath): \(errnoName(errno))") }
+guard sourceFD >= 0 else { fail("cannot open SRC \(sourcePath): \(describe(res: -errno))") }
 // A new DST gets SRC's permission bits (less the umask), as with cp.
 let copyFD = open(copyPath, O_WRONLY | O_CREAT | O_CLOEXEC, sourceInfo.st_mode & 0o777)
 guard copyFD >= 0 else {
-    refuse("cannot open DST \(copyPath) for writing: \(errnoName(errno))", closing: sourceFD)
+    refuse("cannot open DST \(copyPath) for writing: \(describe(res: -errno))", closing: sourceFD)
 }
 guard fstat(sourceFD, &sourceInfo) == 0, fstat(copyFD, &copyInfo) == 0 else {
-    refuse("fstat failed: \(errnoName(errno))", closing: sourceFD, copyFD)
+    refuse("fstat failed: \(describe(res: -errno))", closing: sourceFD, copyFD)
 }
 guard isRegularFile(sourceInfo), isRegularFile(copyInfo), !sameFile(sourceInfo, copyInfo) else {
     refuse("SRC \(sourcePath) or DST \(copyPath) changed while we opened them: nothing copied",
            closing: sourceFD, copyFD)
 }
 guard ftruncate(copyFD, 0) == 0 else {
-    refuse("cannot truncate DST \(copyPath): \(errnoName(errno))", closing: sourceFD, copyFD)
+    refuse("cannot truncate DST \(copyPath): \(describe(res: -errno))", closing: sourceFD, copyFD)
 }
 
 // fstat's size is the plan: that many bytes, in blocks of `blockSize`, the last one shorter.
@@ -443,7 +443,7 @@ struct CRC32 {
 /// The size and CRC-32 of the file at `path`, read to the end with read(2).
 func readBack(_ path: String, _ name: String) -> (size: UInt64, crc: UInt32) {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { fail("cannot open \(name) \(path) to check it: \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot open \(name) \(path) to check it: \(describe(res: -errno))") }
     defer { close(fd) }
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
     defer { buffer.deallocate() }
@@ -452,7 +452,7 @@ func readBack(_ path: String, _ name: String) -> (size: UInt64, crc: UInt32) {
     while true {
         let count = read(fd, buffer.baseAddress, buffer.count)
         if count < 0 && errno == EINTR { continue }
-        guard count >= 0 else { fail("cannot read \(name) \(path) to check it: \(errnoName(errno))") }
+        guard count >= 0 else { fail("cannot read \(name) \(path) to check it: \(describe(res: -errno))") }
         if count == 0 { break }
         crc.update(UnsafeRawBufferPointer(rebasing: buffer.prefix(count)))
         size += UInt64(count)

@@ -57,11 +57,11 @@ let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: 
 // files in /proc and /sys do not (most say 0 or 4096 bytes whatever they hold), and with one
 // of those the lesson copies nothing, or stops at the first splice that moves less.
 var info = stat()
-guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(errnoName(errno))") }
+guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(describe(res: -errno))") }
 guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
 let source = open(sourcePath, O_RDONLY)
-guard source >= 0 else { fail("cannot open \(sourcePath): \(errnoName(errno))") }
-guard fstat(source, &info) == 0 else { fail("cannot stat \(sourcePath): \(errnoName(errno))") }
+guard source >= 0 else { fail("cannot open \(sourcePath): \(describe(res: -errno))") }
+guard fstat(source, &info) == 0 else { fail("cannot stat \(sourcePath): \(describe(res: -errno))") }
 let size = Int(info.st_size)
 print("source: \(sourcePath), \(size) bytes")
 
@@ -79,14 +79,14 @@ struct Pipe {
 
 func makePipe(_ name: String) -> Pipe {
     var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { fail("pipe: \(errnoName(errno))") }
+    guard pipe(&fds) == 0 else { fail("pipe: \(describe(res: -errno))") }
     return Pipe(name: name, read: fds[0], write: fds[1])
 }
 
 /// How many bytes wait in the pipe (FIONREAD, as for a socket).
 func bytesIn(_ pipe: Pipe) -> Int32 {
     var count: Int32 = 0
-    guard ioctl(pipe.read, UInt(FIONREAD), &count) == 0 else { fail("FIONREAD: \(errnoName(errno))") }
+    guard ioctl(pipe.read, UInt(FIONREAD), &count) == 0 else { fail("FIONREAD: \(describe(res: -errno))") }
     return count
 }
 
@@ -94,9 +94,9 @@ let pipeA = makePipe("pipe A")
 let pipeB = makePipe("pipe B")
 let pipeC = makePipe("pipe C")
 let capacityA = Int(fcntl(pipeA.write, F_GETPIPE_SZ))
-guard capacityA > 0 else { fail("F_GETPIPE_SZ: \(errnoName(errno))") }
+guard capacityA > 0 else { fail("F_GETPIPE_SZ: \(describe(res: -errno))") }
 let capacityB = Int(fcntl(pipeB.write, F_GETPIPE_SZ))
-guard capacityB > 0 else { fail("F_GETPIPE_SZ: \(errnoName(errno))") }
+guard capacityB > 0 else { fail("F_GETPIPE_SZ: \(describe(res: -errno))") }
 print("pipe A: capacity \(capacityA) bytes, pipe B: capacity \(capacityB) bytes (F_GETPIPE_SZ)")
 // A round must fit in pipe A, and the tee must fit all of it into pipe B.
 let capacity = min(capacityA, capacityB)
@@ -110,7 +110,7 @@ struct Destination {
 func createDestination(_ name: String) -> Destination {
     let path = outputDirectory + "/" + name
     let fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0o644)
-    guard fd >= 0 else { fail("cannot create \(path): \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot create \(path): \(describe(res: -errno))") }
     return Destination(name: name, fd: fd)
 }
 let spliceCopy = createDestination("splice-copy.txt")
@@ -273,7 +273,7 @@ roundsNotShown(round)
 // them on. Every later round asks for no more than the pipe's capacity, and runs whole.
 
 let smallCapacity = Int(fcntl(pipeC.write, F_SETPIPE_SZ, Int32(getpagesize())))
-guard smallCapacity > 0 else { fail("F_SETPIPE_SZ: \(errnoName(errno))") }
+guard smallCapacity > 0 else { fail("F_SETPIPE_SZ: \(describe(res: -errno))") }
 print("the same chain through pipe C, shrunk to \(smallCapacity) bytes (F_SETPIPE_SZ):")
 offset = 0
 round = 0
@@ -334,7 +334,7 @@ roundsNotShown(round)
 /// (nil if none: same size, same bytes).
 func compareWithSource(_ fd: Int32, _ source: Int32, _ sourceSize: Int) -> (size: Int, firstDifference: Int?) {
     var copyInfo = stat()
-    guard fstat(fd, &copyInfo) == 0 else { fail("fstat: \(errnoName(errno))") }
+    guard fstat(fd, &copyInfo) == 0 else { fail("fstat: \(describe(res: -errno))") }
     let copySize = Int(copyInfo.st_size)
     let chunk = 65536
     let a = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
@@ -346,7 +346,7 @@ func compareWithSource(_ fd: Int32, _ source: Int32, _ sourceSize: Int) -> (size
         let length = min(chunk, min(copySize, sourceSize) - position)
         guard pread(source, aBytes, length, off_t(position)) == length,
               pread(fd, bBytes, length, off_t(position)) == length else {
-            fail("cannot read back the copies: \(errnoName(errno))")
+            fail("cannot read back the copies: \(describe(res: -errno))")
         }
         if memcmp(aBytes, bBytes, length) != 0,
            let index = (0..<length).first(where: { a[$0] != b[$0] }) {
@@ -363,7 +363,7 @@ print("source: \(size) bytes")
 var allMatch = true
 for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] {
     let readable = open(outputDirectory + "/" + destination.name, O_RDONLY)
-    guard readable >= 0 else { fail("cannot open \(destination.name): \(errnoName(errno))") }
+    guard readable >= 0 else { fail("cannot open \(destination.name): \(describe(res: -errno))") }
     let (copySize, difference) = compareWithSource(readable, source, size)
     close(readable)
     if let difference {

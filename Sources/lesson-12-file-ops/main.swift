@@ -148,7 +148,7 @@ func listing(_ path: String) -> [String] {
     }
     func line(for relative: String) -> String {
         var info = stat()
-        guard lstat(path + "/" + relative, &info) == 0 else { return "\(relative)  (gone: \(errnoName(errno)))" }
+        guard lstat(path + "/" + relative, &info) == 0 else { return "\(relative)  (gone: \(describe(res: -errno)))" }
         switch info.st_mode & S_IFMT {
         case S_IFDIR:
             return "\(relative)/  (directory)"
@@ -217,7 +217,7 @@ for name in [dirName, tmpName] {
     let error = errno
     if error != ENOENT {
         close(dirfd)
-        fail("cannot check \(directory)/\(name): fstatat failed with \(errnoName(error))")
+        fail("cannot check \(directory)/\(name): fstatat failed with \(describe(res: -error))")
     }
 }
 
@@ -443,7 +443,7 @@ for removal in removalIDs where results[removal.id] != 0 {
     let path = directory + "/" + removal.name
     let ret = unlinkat(AT_FDCWD, path, removal.flags)
     let error = ret == 0 ? 0 : errno
-    print("unlinkat(2) \(removal.name), the second try: \(error == 0 ? "0" : errnoName(error))")
+    print("unlinkat(2) \(removal.name), the second try: \(error == 0 ? "0" : describe(res: -error))")
     if error != 0 && error != ENOENT { leftBehind.append(removal.name) }
 }
 

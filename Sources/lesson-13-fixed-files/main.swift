@@ -49,7 +49,7 @@ for (name, text) in [("apple.txt", "apple\n"), ("banana.txt", "banana\n"), ("che
 func openFile(_ name: String, _ paths: [String: String]) -> Int32 {
     let path = paths[name] ?? ""
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
     print("open \(name) = fd \(fd)")
     return fd
 }
@@ -113,8 +113,8 @@ print("closing the registered fds:")
 for fd in fds {
     let closed = close(fd)
     let check = fcntl(fd, F_GETFD)
-    let why = check < 0 ? " " + errnoName(errno) : ""
-    print("close(\(fd)) = \(closed), then fcntl(\(fd), F_GETFD) = \(check)\(why)")
+    let answer = check < 0 ? "fails with " + describe(res: -errno) : "= \(check)"
+    print("close(\(fd)) = \(closed), then fcntl(\(fd), F_GETFD) \(answer)")
 }
 // The kernel shows a ring's file table in the ring fd's /proc/self/fdinfo entry: "UserFiles:"
 // and the number of slots, then one line per filled slot with the file's path. (fdinfo is
@@ -124,7 +124,7 @@ for fd in fds {
 /// Print the "UserFiles" part of the ring fd's fdinfo: the table size and each filled slot.
 func printFileTable(_ ring: UnsafeMutablePointer<io_uring>) {
     let path = "/proc/self/fdinfo/\(ring.pointee.ring_fd)"
-    guard let file = fopen(path, "r") else { fail("cannot read \(path): \(errnoName(errno))") }
+    guard let file = fopen(path, "r") else { fail("cannot read \(path): \(describe(res: -errno))") }
     defer { fclose(file) }
     var line = [CChar](repeating: 0, count: 4096)
     var inTable = false

@@ -40,7 +40,7 @@ let ring = makeRing(entries: 8)
 
 let path = makeTempFile(named: "fixed.txt", contents: [])
 let fd = open(path, O_RDWR)
-guard fd >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
 let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 let buffers = [

@@ -170,15 +170,15 @@ let directFD = open(path, O_RDONLY | O_DIRECT)
 if directFD < 0 {
     let error = errno
     if error == EINVAL {
-        skip("open(\(path), O_RDONLY | O_DIRECT) failed with EINVAL: this filesystem refuses "
+        skip("open(\(path), O_RDONLY | O_DIRECT) failed with -EINVAL (-22): this filesystem refuses "
             + "O_DIRECT (tmpfs did before Linux 6.6), and IOPOLL works only with O_DIRECT. "
             + (arguments.isEmpty ? "Set TMPDIR to a directory on a disk, or give a FILE on one"
                                  : "Give a FILE on a disk filesystem (ext4, xfs) or a block device"))
     }
-    fail("cannot open \(path) with O_DIRECT: \(errnoName(error))")
+    fail("cannot open \(path) with O_DIRECT: \(describe(res: -error))")
 }
 let bufferFD = open(path, O_RDONLY)
-guard bufferFD >= 0 else { fail("cannot open \(path): \(errnoName(errno))") }
+guard bufferFD >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * readSize, alignment: 4096)
 buffer.initializeMemory(as: UInt8.self, repeating: 0)
