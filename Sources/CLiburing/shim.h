@@ -1,6 +1,6 @@
 // The only C the lab writes: a doorway to liburing for Swift.
 //
-// 1. Include order (see DESIGN.md, "Feature-macro clash"). liburing.h defines _XOPEN_SOURCE
+// 1. Include order (the "feature-macro clash"). liburing.h defines _XOPEN_SOURCE
 //    and _GNU_SOURCE before it pulls in glibc, which would give this module a different
 //    `fd_set` from the one Foundation and Dispatch see, and every target importing both fails
 //    on a clean build. Including the glibc headers first, with the default feature macros,
