@@ -55,6 +55,12 @@ let requested: [UInt32] = arguments.map { text in
 //   ops[i]    op = i, and flags with IO_URING_OP_SUPPORTED set if it can run opcode i.
 // An opcode the kernel knows may still be unsupported: some depend on how it was built (the
 // socket opcodes need CONFIG_NET, the futex ones CONFIG_FUTEX, EPOLL_CTL CONFIG_EPOLL).
+//
+// The ring comes from LabSupport's `makeRing`, which is lesson 01's setup wrapped up: it
+// allocates the `struct io_uring` on the heap so that it never moves, calls
+// io_uring_queue_init_params, skips the lesson (exit 77, with the reason) on -EPERM or
+// -ENOSYS, fails on anything else, and tears the ring down with io_uring_queue_exit at
+// `destroyRing(ring)` or, failing that, at exit.
 
 let ring = makeRing(entries: 4)
 
