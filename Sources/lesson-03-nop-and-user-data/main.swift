@@ -37,15 +37,20 @@ requireOpcodes(ring, IORING_OP_TIMEOUT)
 
 // MARK: - 1. One round trip
 //
-// `io_uring_get_sqe` hands out the next free slot of the SQ array (nil if the SQ is full; the
-// ring is empty here, so it cannot be). `io_uring_prep_nop` fills in the opcode, and
-// `io_uring_sqe_set_data64` the user_data. Nothing reaches the kernel yet: the SQE sits in
-// shared memory until `io_uring_submit` calls io_uring_enter(2), which returns how many SQEs
-// the kernel consumed.
+// Head and tail are lesson 01's (its diagram, lessons/01-ring-setup.md): each ring has two
+// counters in shared memory; we move the SQ tail and the CQ head, the kernel the SQ head and
+// the CQ tail.
 //
-// `io_uring_wait_cqe` returns a pointer to the next CQE (waiting for one if the CQ is empty).
-// That CQE is a slot in the shared CQ ring: we copy it out, then `io_uring_cqe_seen` tells the
-// kernel the slot is free again. After cqe_seen the pointer must not be used.
+// `io_uring_get_sqe` hands out the next free SQE (nil if the SQ is full; the ring is empty
+// here, so it cannot be) and moves only liburing's own copy of the SQ tail. `io_uring_prep_nop`
+// fills in the opcode, and `io_uring_sqe_set_data64` the user_data. Nothing reaches the
+// kernel yet: the SQE sits in shared memory until `io_uring_submit` stores the SQ tail and
+// calls io_uring_enter(2), which returns how many SQEs the kernel consumed.
+//
+// `io_uring_wait_cqe` returns a pointer to the CQE at the CQ head (waiting for one if the CQ
+// is empty). That CQE is a slot in the shared CQ ring: we copy it out, then
+// `io_uring_cqe_seen` moves the CQ head one on, and the slot is the kernel's again. After
+// cqe_seen the pointer must not be used.
 
 guard let firstSQE = io_uring_get_sqe(ring) else { fail("io_uring_get_sqe returned nil on an empty ring") }
 io_uring_prep_nop(firstSQE)
@@ -119,10 +124,10 @@ print("submission order: " + submissionOrder.map { String($0) }.joined(separator
 // CQEs that are ready and returns how many. We ask for at most the number of NOPs. (Were the
 // machine to stall for 20 ms right here, the timer's CQE would be ready as well, behind the
 // NOPs; the wait below would then simply return it at once.) Here it makes no system call:
-// it reads the shared CQ ring. Only when it finds no CQE ready while the kernel has flagged
-// completions it could not post yet (a full CQ, lesson 28, coming later) does it make one
-// io_uring_enter to flush them, and look again. After reading them,
-// `io_uring_cq_advance(ring, n)` releases n slots in one step: one store to the CQ head
+// it reads the CQEs between the CQ head and the CQ tail. Only when it finds no CQE ready while
+// the kernel has flagged completions it could not post yet (a full CQ, lesson 28, coming
+// later) does it make one io_uring_enter to flush them, and look again. After reading them,
+// `io_uring_cq_advance(ring, n)` releases n slots in one step: one store, CQ head plus n,
 // instead of n calls to cqe_seen.
 
 var completionOrder: [UInt64] = []
