@@ -2,7 +2,9 @@
 //
 // The submission queue has a fixed number of slots: the `entries` we gave io_uring_setup,
 // rounded up to a power of two. `io_uring_get_sqe` hands out one free slot at a time and
-// returns NULL (nil in Swift) when every slot holds an SQE the kernel has not consumed yet.
+// returns NULL (nil in Swift) when every slot holds an SQE the kernel has not consumed yet:
+// when liburing's own SQ tail is sq_entries ahead of the SQ head (head and tail as in lesson
+// 01's diagram, lessons/01-ring-setup.md).
 // Nothing is lost and nothing blocks: it is the signal to submit what we have, which frees the
 // slots, and to carry on. A program with more work than the ring holds therefore splits it
 // into batches of at most `sq_entries` SQEs, one submit each: what this lesson does with 64
@@ -37,8 +39,9 @@ print("ring: asked for \(requested) entries, got sq_entries=\(sqEntries) cq_entr
 // MARK: - 2. Filling the SQ until io_uring_get_sqe returns nil
 //
 // `io_uring_sq_ready` counts the SQEs we have taken with get_sqe that the kernel has not
-// consumed yet (liburing: our local tail minus the kernel's head). `io_uring_sq_space_left` is
-// sq_entries minus that. Both are plain loads from the shared ring: no system call.
+// consumed yet (liburing 2.3: its own SQ tail minus the SQ head the kernel stores).
+// `io_uring_sq_space_left` is sq_entries minus that. Both are plain loads from the shared
+// ring: no system call.
 //
 // We take SQEs until get_sqe says no. Each one we get must be prepared (here as a NOP):
 // an SQE handed out by get_sqe will be submitted with the next submit, whatever it contains.
@@ -56,8 +59,8 @@ print("io_uring_get_sqe returned \(prepared) SQEs, then nil: the SQ is full")
 print("after: io_uring_sq_space_left = \(io_uring_sq_space_left(ring)), "
     + "io_uring_sq_ready = \(io_uring_sq_ready(ring))")
 
-// `io_uring_submit` publishes our tail and calls io_uring_enter(2) once. The kernel reads
-// every SQE, moving its head forward: the slots are free again as soon as this returns,
+// `io_uring_submit` stores the SQ tail and calls io_uring_enter(2) once. The kernel reads
+// every SQE, moving the SQ head up to the tail: the slots are free again as soon as this returns,
 // even for requests still in flight: the kernel has copied what the SQE says (the buffers an
 // SQE points to are another matter, they must stay put until the CQE). NOPs complete during
 // the call, so their CQEs are already there.
@@ -69,9 +72,10 @@ guard firstSubmit == prepared else {
 print("io_uring_submit = \(firstSubmit); now io_uring_sq_space_left = \(io_uring_sq_space_left(ring)), "
     + "io_uring_sq_ready = \(io_uring_sq_ready(ring))")
 
-// `io_uring_cq_ready` is the CQ's counterpart: CQEs posted (the kernel's tail) that we have
-// not consumed (our head). `io_uring_peek_batch_cqe` gives us pointers to up to that many,
-// and one `io_uring_cq_advance` hands all their slots back to the kernel.
+// `io_uring_cq_ready` is the CQ's counterpart: CQEs posted (the CQ tail, the kernel's to move)
+// that we have not consumed (the CQ head, ours). `io_uring_peek_batch_cqe` gives us pointers
+// to up to that many, and one `io_uring_cq_advance` moves the CQ head past them all, handing
+// their slots back to the kernel.
 
 var cqes = [UnsafeMutablePointer<io_uring_cqe>?](repeating: nil, count: cqEntries)
 
@@ -104,12 +108,12 @@ print("io_uring_cq_ready = \(readyAfterFirst): reaped \(firstReaped) CQEs, \(fir
 //
 // Why this never overflows the CQ: a batch is at most sq_entries (8) requests, we wait for all
 // of them and reap them all before the next submit, so the CQ holds at most 8 CQEs of its 16.
-// Without the reaping, three batches of NOPs would post 24 CQEs into 16 slots. Since Linux 5.5
-// (IORING_FEAT_NODROP) the kernel then keeps the extra CQEs on a side list in kernel memory
-// rather than dropping them, and since 5.8 it also sets IORING_SQ_CQ_OVERFLOW in the SQ ring's
-// flags, which is what io_uring_cq_has_overflow reads (lesson 28, later in the lab, is about
-// overflow). That list costs memory and slows every enter down, and kernels before 5.5 simply
-// lose the completions.
+// A CQE that finds the CQ full (CQ tail - CQ head == cq_entries) cannot go in: since Linux 5.5
+// (IORING_FEAT_NODROP) the kernel keeps it on a list in kernel memory rather than dropping it,
+// and since 5.8 it also sets IORING_SQ_CQ_OVERFLOW in the SQ ring's flags, which is what
+// io_uring_cq_has_overflow reads. Such CQEs reach the CQ only once we have made room and the
+// kernel is entered; kernels before 5.5 simply lose them. (Exercise 1 takes the reaping out;
+// lesson 28, coming later, is about overflow.)
 //
 // Note the order in the fill condition: we check for work *before* asking for an SQE, because
 // an SQE we took but did not prepare would still be submitted.
