@@ -35,6 +35,10 @@ let arguments = lessonArguments(usage: "lesson-09-vectored-io [FILE...]", max: I
 
 let ring = makeRing(entries: 4)
 
+// The cat of section 5 reads with requests of this many iovecs, each of this many bytes.
+let catIovecs = 4
+let catBufferSize = 4096
+
 // Every request in this lesson is one SQE from `getSQE` (io_uring_get_sqe; the ring has 4
 // slots and each SQE is completed before the next is taken, so it cannot be full), submitted
 // and waited for on its own with `submitAndWait(ring)` (lesson 03's round trip). It returns a
@@ -54,7 +58,7 @@ if arguments.contains("-") {
 }
 if !arguments.isEmpty {
     for path in arguments {
-        _ = cat(path, ring)
+        _ = cat(path, ring, iovecCount: catIovecs, bufferSize: catBufferSize)
     }
     destroyRing(ring)
     exit(0)
@@ -172,9 +176,11 @@ close(fd)
 // address. (Reads with O_DIRECT, lesson 16 later in the lab, are the ones that need aligned
 // buffers.)
 
-/// Copy the file at `path` to standard output through readv. Returns the number of bytes and
-/// of readv requests (the last one being the read that returned 0).
-func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt64, requests: Int) {
+/// Copy the file at `path` to standard output through readv, `iovecCount` iovecs of `bufferSize`
+/// bytes per request. Returns the number of bytes and of readv requests (the last one being
+/// the read that returned 0).
+func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>,
+         iovecCount: Int, bufferSize: Int) -> (bytes: UInt64, requests: Int) {
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
 
@@ -185,8 +191,6 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt
         fail("cannot cat \(path): input file is output file")
     }
 
-    let iovecCount = 4
-    let bufferSize = 4096
     let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: iovecCount)
     for index in 0..<iovecCount {
         iovecs[index] = iovec(iov_base: UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8),
@@ -239,9 +243,9 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>) -> (bytes: UInt
 // The default run ends by cat-ing its temp file. print() buffers its output, and cat writes
 // straight to the fd with write(2), so the buffer is flushed first to keep the lines in order.
 
-print("cat \(path) with readv (4 iovecs of 4096 bytes per request), out with write(2):")
+print("cat \(path) with readv (\(catIovecs) iovecs of \(catBufferSize) bytes per request), out with write(2):")
 fflush(nil)  // nil: every stdio stream, standard output among them
-let (total, requests) = cat(path, ring)
+let (total, requests) = cat(path, ring, iovecCount: catIovecs, bufferSize: catBufferSize)
 print("cat: \(total) bytes in \(requests) readv requests, the last returned 0: end of file")
 
 destroyRing(ring)

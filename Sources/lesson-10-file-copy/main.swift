@@ -110,7 +110,7 @@ func plural(_ count: Int, _ noun: String) -> String { "\(count) \(noun)" + (coun
 
 func kindOfFile(_ info: stat) -> String {
     switch info.st_mode & S_IFMT {
-    case S_IFDIR: "a directory (EISDIR)"
+    case S_IFDIR: "a directory"
     case S_IFCHR: "a character device"
     case S_IFBLK: "a block device"
     case S_IFIFO: "a FIFO"
@@ -225,15 +225,20 @@ func queueWrite(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, inde
 //      a read of the rest, if it was short); a write's CQE queues the rest (if it was short)
 //      or frees the slot for the next block.
 // The follow-up SQE goes out at the next turn's submit, before the next CQE is reaped, so a
-// slot never waits for the others: after the first CQE, seven reads and one write are in
-// flight together.
+// slot never waits for the others.
 //
 // "In flight" here means submitted and not yet reaped: from the submit until we have seen the
-// CQE, the buffer is the kernel's. The kernel may have finished a request long before we
-// reap it (a read from the page cache usually completes during the submit call itself), but
-// only the CQE tells us so. This count is what the queue depth bounds, and it depends only on
-// the loop, not on the kernel's timing: the first submit has eight reads in flight, and each
-// turn replaces the request it reaped with at most one new one.
+// CQE, the buffer is the kernel's. That count is the loop's own bookkeeping, true by
+// construction: the first submit puts eight reads in flight, and each turn replaces the
+// request it reaped with at most one new one. It says nothing about what the kernel did.
+//
+// What the kernel did is measured, with io_uring_cq_ready(ring): just before each reap, the
+// number of CQEs already waiting in the CQ (it reads the CQ's tail and head, no system call).
+// The requests in flight minus those are the ones still without a CQE: the kernel has not
+// finished them yet. A reap that finds some proves real overlap: the program handles one
+// completion while the kernel is still working on other requests of ours. On Linux 6.18 and
+// ext4 the reads of a file in the page cache complete during the submit itself, and the writes
+// go to an io-wq worker thread (section 4), which the loop does not wait for.
 //
 // A negative res stops the copy: no new blocks, no follow-ups, but the loop goes on until
 // every request in flight has completed. Only then may the buffers be freed and the program
@@ -246,21 +251,25 @@ var endOfFile: UInt64? = nil          // where a read returned 0
 var firstError: String? = nil
 
 var readsInFlight = 0, writesInFlight = 0
-var peakInFlight = 0
-var firstMix: (afterCQE: Int, reads: Int, writes: Int)? = nil
+var peakInFlight = 0                  // the loop's own count: submitted, not yet reaped
+var firstReap: (waiting: Int, inFlight: Int)? = nil  // measured: CQEs waiting at the first reap
+var reapsWithUnfinished = 0           // measured: reaps that found requests still without a CQE
+var mostUnfinished = 0                // measured: the most requests without a CQE at one reap
 var cqesReaped = 0
 var reads = 0, shortReads = 0, readsAtEOF = 0
 var writes = 0, shortWrites = 0
 var bytesCopied: UInt64 = 0
 
-// The printout keeps the first two blocks and the last two, whatever order they finish in.
+// The printout keeps the first two blocks and the last two, whatever order they finish in,
+// and the block whose request failed first, if one did.
 var shownBlocks: [Int: String] = [:]
+var errorBlock: Int? = nil
 
 /// The slot's block is done: file its results for the printout, and make the slot idle.
-func finishBlock(_ slot: inout Slot, _ shown: inout [Int: String]) {
+func finishBlock(_ slot: inout Slot, _ shown: inout [Int: String], keeping errorBlock: Int?) {
     shown[slot.block] = "block \(slot.block) at offset \(slot.offset): " + slot.results.joined(separator: ", ")
-    let later = shown.keys.filter { $0 >= 2 }.sorted()  // blocks 0 and 1 stay
-    if later.count > 2 { shown[later[0]] = nil }        // of the others, the two highest stay
+    let later = shown.keys.filter { $0 >= 2 && $0 != errorBlock }.sorted()  // blocks 0 and 1 stay
+    if later.count > 2 { shown[later[0]] = nil }  // of the others, the two highest stay
     slot.step = .idle
 }
 
@@ -295,10 +304,16 @@ while true {
     guard submitted == queued else {
         fail("io_uring_submit_and_wait returned \(describe(res: submitted)), expected \(queued)")
     }
-    peakInFlight = max(peakInFlight, readsInFlight + writesInFlight)
-    if firstMix == nil && readsInFlight > 0 && writesInFlight > 0 {
-        firstMix = (cqesReaped, readsInFlight, writesInFlight)
-    }
+    let inFlight = readsInFlight + writesInFlight
+    peakInFlight = max(peakInFlight, inFlight)
+
+    // Measured: how many CQEs are already waiting (at least the one the wait asked for), and so
+    // how many of our requests the kernel has not finished yet.
+    let waiting = Int(io_uring_cq_ready(ring))
+    let unfinished = inFlight - waiting
+    if firstReap == nil { firstReap = (waiting, inFlight) }
+    if unfinished > 0 { reapsWithUnfinished += 1 }
+    mostUnfinished = max(mostUnfinished, unfinished)
 
     // 3. Reap one CQE (the wait above made sure there is one, so this does not enter the
     // kernel) and copy it out before handing its slot back.
@@ -321,8 +336,11 @@ while true {
         let at = slots[index].offset + UInt64(slots[index].have)
         if res < 0 {
             slots[index].results.append("read res=\(describe(res: res))")
-            firstError = firstError ?? "read of \(asked) bytes at offset \(at) of SRC completed with res=\(describe(res: res))"
-            finishBlock(&slots[index], &shownBlocks)
+            if firstError == nil {
+                firstError = "read of \(asked) bytes at offset \(at) of SRC completed with res=\(describe(res: res))"
+                errorBlock = slots[index].block
+            }
+            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
             continue
         }
         if res == 0 {
@@ -348,7 +366,7 @@ while true {
             queueWrite(ring, &slots[index], index: index, fd: copyFD)
             writesInFlight += 1
         } else {
-            finishBlock(&slots[index], &shownBlocks)
+            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
         }
 
     case .writing:
@@ -360,8 +378,11 @@ while true {
             // A write of at least one byte that writes nothing would loop forever; -errno is
             // the usual answer (-ENOSPC: the disk is full, -EFBIG: a file size limit).
             slots[index].results.append("write res=\(describe(res: res))")
-            firstError = firstError ?? "write of \(asked) bytes at offset \(at) of DST completed with res=\(describe(res: res))"
-            finishBlock(&slots[index], &shownBlocks)
+            if firstError == nil {
+                firstError = "write of \(asked) bytes at offset \(at) of DST completed with res=\(describe(res: res))"
+                errorBlock = slots[index].block
+            }
+            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
             continue
         }
         slots[index].written += Int(res)
@@ -374,13 +395,13 @@ while true {
                 queueWrite(ring, &slots[index], index: index, fd: copyFD)
                 writesInFlight += 1
             } else {
-                finishBlock(&slots[index], &shownBlocks)
+                finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
             }
             continue
         }
         slots[index].results.append("write res=\(res)")
         bytesCopied += UInt64(slots[index].have)
-        finishBlock(&slots[index], &shownBlocks)
+        finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
 
     case .idle:
         fail("a CQE for slot \(index), which had no request in flight: \(format(cqe))")
@@ -392,12 +413,12 @@ for slot in slots { slot.buffer.deallocate() }
 close(sourceFD)
 close(copyFD)
 destroyRing(ring)
-if let firstError { fail(firstError) }
 
 // MARK: - 6. What the kernel answered
 //
 // The first and last blocks with the res of every CQE they got (a block that needed a second
-// read or write shows both), then the totals.
+// read or write shows both), then the totals. After an error too: then the failed request's
+// block shows its -errno, and the error line follows the totals.
 
 var previous = -1
 for block in shownBlocks.keys.sorted() {
@@ -407,14 +428,14 @@ for block in shownBlocks.keys.sorted() {
 }
 print("requests: \(plural(reads, "read")) (\(shortReads) short, \(readsAtEOF) at end of file), "
     + "\(plural(writes, "write")) (\(shortWrites) short)")
-print("in flight at peak: \(plural(peakInFlight, "request")) (queue depth \(queueDepth))")
-if let firstMix {
-    print("reads and writes in flight together: first after CQE \(firstMix.afterCQE), "
-        + "\(plural(firstMix.reads, "read")) + \(plural(firstMix.writes, "write"))")
-} else {
-    print("reads and writes in flight together: never (one block at a time)")
+print("in flight at peak: \(plural(peakInFlight, "request")) (queue depth \(queueDepth); the loop's own count)")
+print("measured with io_uring_cq_ready before each of the \(cqesReaped) reaps:")
+if let firstReap {
+    print("  first reap: \(plural(firstReap.waiting, "CQE")) waiting, of \(plural(firstReap.inFlight, "request")) in flight")
 }
+print("  reaps that found requests still without a CQE: \(reapsWithUnfinished), at most \(mostUnfinished) at once")
 print("copied: \(bytesCopied) bytes")
+if let firstError { fail(firstError) }
 
 // MARK: - 7. Checking the copy
 //

@@ -53,9 +53,6 @@ let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: 
 
 // A splice from a pipe, a socket or /dev/zero works too, but has no size to copy and compare,
 // so SRC must be a regular file. (Checked before opening: opening a FIFO would wait for a writer.)
-// The copies are sized by st_size, so it must also be a file whose size stat reports truthfully:
-// files in /proc and /sys do not (most say 0 or 4096 bytes whatever they hold), and with one
-// of those the lesson copies nothing, or stops at the first splice that moves less.
 var info = stat()
 guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(describe(res: -errno))") }
 guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
@@ -63,6 +60,28 @@ let source = open(sourcePath, O_RDONLY)
 guard source >= 0 else { fail("cannot open \(sourcePath): \(describe(res: -errno))") }
 guard fstat(source, &info) == 0 else { fail("cannot stat \(sourcePath): \(describe(res: -errno))") }
 let size = Int(info.st_size)
+
+// Every copy below is sized by st_size, so the file must end where its size says. Files in
+// /proc and /sys do not: /proc/self/status says 0 bytes and holds more than a kilobyte, a sysfs
+// file says 4096 and holds a few. Two plain reads of one byte check it before anything is
+// copied: the last byte st_size counts must be there, and a read just past it must find the
+// end of the file (0). Otherwise the lesson stops, rather than copy nothing and call it a copy.
+var probe: UInt8 = 0
+if size > 0 {
+    let last = pread(source, &probe, 1, off_t(size - 1))
+    guard last >= 0 else { fail("cannot read \(sourcePath): \(describe(res: -errno))") }
+    guard last == 1 else {
+        fail("\(sourcePath) says \(size) bytes (stat), but a read of its last byte found the end of "
+            + "the file: its size is not what it holds (files in /proc and /sys), and every copy "
+            + "here is sized by st_size")
+    }
+}
+let beyond = pread(source, &probe, 1, off_t(size))
+guard beyond >= 0 else { fail("cannot read \(sourcePath): \(describe(res: -errno))") }
+guard beyond == 0 else {
+    fail("\(sourcePath) says \(size) bytes (stat), but a read at offset \(size) still found data: "
+        + "its size is not what it holds (files in /proc and /sys), and every copy here is sized by st_size")
+}
 print("source: \(sourcePath), \(size) bytes")
 
 // F_GETPIPE_SZ / F_SETPIPE_SZ (fcntl(2), Linux 2.6.35) read and set a pipe's capacity. glibc
@@ -162,8 +181,9 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
 // MARK: - 3. splice and tee, one request at a time
 //
 // io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, nbytes, flags) is splice(2) as a
-// request. At least one of the two fds must be a pipe. The offsets follow splice(2):
-//   - for a pipe the offset must be -1 (a pipe has no position; anything else is -ESPIPE);
+// request. At least one of the two fds must be a pipe (exercise 1: what if neither is?). The
+// offsets follow splice(2):
+//   - for a pipe the offset must be -1: a pipe has no position;
 //   - for a file, an offset >= 0 reads or writes there, like pread/pwrite, and leaves the
 //     file position alone; -1 means "at the file position", which then moves on.
 // We give every file an explicit offset, so nothing depends on a file position.
@@ -172,9 +192,8 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
 // duplicates up to nbytes of what fd_in holds into fd_out without consuming it. FIONREAD
 // shows that: after the tee both pipes hold the bytes.
 //
-// Here each request waits for the one before: the tee must not run before pipe A has data
-// (on an empty pipe it would wait for data, an io-wq worker blocked until some arrives), and
-// pipe A must not be drained before the tee.
+// Here each request waits for the one before: the tee must not run before pipe A has data,
+// and pipe A must not be drained before the tee.
 // Section 4 gets the same ordering from the kernel with IOSQE_IO_LINK.
 //
 // splice and tee may wait on a pipe, so io_uring always runs them in one of its worker threads
@@ -307,9 +326,7 @@ while offset < size {
     var moved = Int(first.res)
     if moved > 0 && moved < want && second.res == -ECANCELED {
         // The short splice broke the chain; its bytes wait in the pipe. Move them with a lone
-        // splice of exactly that many bytes. A splice out of a pipe waits only while the pipe
-        // is empty, and returns once it has moved what the pipe held (up to what was asked):
-        // here the pipe holds exactly `moved` bytes, so it moves them all.
+        // splice that asks for exactly the `moved` bytes the pipe holds.
         if show { print("  in pipe C now (FIONREAD): \(bytesIn(pipeC)) bytes, left by the cancelled link") }
         sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
         io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(moved), 0)

@@ -189,10 +189,9 @@ printListing("listing before:", before)
 //
 // The chain must never act on anything that is not the lesson's own. A request that fails
 // does not reliably stop the chain (section 8), so this is checked before the chain, not left
-// to it: had DIR a directory `uring-os` of the user's, mkdirat would fail with -EEXIST and the
-// renameat, linkat and symlinkat after it would still run, inside that directory; were
-// `uring-os` a symlink, they would follow it and create names in another directory altogether.
-// So fstatat with AT_SYMLINK_NOFOLLOW (it looks at the name itself, never where a symlink
+// to it: had DIR a `uring-os` of the user's (a directory, or a symlink), mkdirat would fail with
+// -EEXIST in the middle of the chain, and the requests after it would meet a name that is not
+// ours (exercise 3 shows what they do). So fstatat with AT_SYMLINK_NOFOLLOW (it looks at the name itself, never where a symlink
 // points) must answer ENOENT for both names the lesson creates, relative to the same dirfd the
 // chain uses. Anything else, and the lesson stops here, DIR untouched.
 //
@@ -226,10 +225,10 @@ for name in [dirName, tmpName] {
 // A linked request's SQE is filled in before anything runs, so it can only name an fd we
 // already know. The fd of a file we are about to create arrives in openat's CQE, too late
 // for the SQEs after it. So the openat goes alone, and the chain that uses its fd follows.
-// (Lesson 30, coming later, removes this break: io_uring_prep_openat_direct puts the new
-// file into a slot of a registered file table that we choose in advance, and the later links
-// name that slot with IOSQE_FIXED_FILE. With plain fds, one openat and then one chain is the
-// honest shape.)
+// (io_uring_prep_openat_direct, the subject of a later lesson (30, coming), removes this
+// break: it puts the new file into a slot of a registered file table that we choose in
+// advance, and the later links name that slot with IOSQE_FIXED_FILE. With plain fds, one
+// openat and then one chain is the honest shape.)
 //
 // O_EXCL makes the openat fail with -EEXIST if the name was taken after all (section 6): a
 // file it does create is certainly ours, which the cleanup relies on.
@@ -263,11 +262,10 @@ let fd = results[openID] ?? -1
 // On the Linux 6.18 this lab was written on, that holds for openat, read, write, close and
 // fadvise, but not for fallocate, sync_file_range, fsync, statx, mkdirat, renameat, linkat,
 // symlinkat and unlinkat: they post their -errno and the next link runs anyway (unless the
-// failure comes before the request starts, such as an fd that is not open). Had mkdirat failed
-// with -EEXIST, the renameat after it would still have moved our file into whatever `uring-os`
-// was there. So a chain stopping must never be what keeps you safe: section 6 made sure every
-// name is new, every request that creates a name refuses to replace one, and the cleanup goes
-// by each CQE, not by the plan. A failure that does break the chain: run the lesson under
+// failure comes before the request starts, such as an fd that is not open). So a chain
+// stopping must never be what keeps you safe: section 6 made sure every name is new, every
+// request that creates a name refuses to replace one, and the cleanup goes by each CQE, not
+// by the plan. A failure that does break the chain: run the lesson under
 // `ulimit -f 0` (no file may grow), the write fails with -EFBIG and the ten links after it
 // complete with -ECANCELED.
 //
@@ -291,8 +289,8 @@ if fd >= 0 {
 
     // The flags are set after the prep call: every io_uring_prep_* here goes through liburing's
     // io_uring_prep_rw, which writes every field of the SQE except user_data (set by prepare),
-    // flags = 0 included. A link flag set before it would silently vanish, and the requests
-    // would run unordered, all at once.
+    // flags = 0 included. A link flag set before it would silently vanish, and nothing would
+    // order the requests any more (exercise 1).
     var sqe = labels.getSQE(ring, "write \(text.count) bytes at 0")
     io_uring_prep_write(sqe, fd, writeBuffer.baseAddress, UInt32(text.count), 0)
     io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))

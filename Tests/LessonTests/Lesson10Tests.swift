@@ -13,20 +13,22 @@ final class Lesson10Tests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    /// The generated 1 MiB + 100 bytes: 33 blocks, the read past the end returning 0, 8 requests
-    /// in flight at the peak, reads and writes in flight together, and equal CRC-32s: the
-    /// expected block of lessons/10-file-copy.md.
+    /// The generated 1 MiB + 100 bytes: 33 blocks, the read past the end returning 0, the loop's
+    /// peak of 8 requests in flight, the measured CQEs (all 8 reads done at the first reap), and
+    /// equal CRC-32s: the expected block of lessons/10-file-copy.md.
     func testDefaultCopy() throws {
         let run = try Lesson("10").runAndCompareWithProse()
         let lines = run.stdoutLines
         for line in [
-            "in flight at peak: 8 requests (queue depth 8)",
-            "reads and writes in flight together: first after CQE 1, 7 reads + 1 write",
+            "in flight at peak: 8 requests (queue depth 8; the loop's own count)",
+            "measured with io_uring_cq_ready before each of the 67 reaps:",
+            "  first reap: 8 CQEs waiting, of 8 requests in flight",
             "copied: 1048676 bytes",
             "identical: yes",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
+        try assertMeasuredOverlap(run, reaps: 67, queueDepth: 8)
     }
 
     // MARK: - Good copies of given files
@@ -52,8 +54,8 @@ final class Lesson10Tests: XCTestCase {
             "plan: 100003 bytes (fstat) in 4 blocks of at most 32768 bytes, queue depth 8",
             "block 3 at offset 98304: read res=1699, write res=1699",
             "block 4 at offset 100003: read res=0 (end of file)",
-            "in flight at peak: 4 requests (queue depth 8)",
-            "reads and writes in flight together: first after CQE 1, 3 reads + 1 write",
+            "in flight at peak: 4 requests (queue depth 8; the loop's own count)",
+            "  first reap: 4 CQEs waiting, of 4 requests in flight",
         ] {
             XCTAssert(run.stdoutLines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
@@ -71,11 +73,13 @@ final class Lesson10Tests: XCTestCase {
             "block 256 at offset 8388608: read res=7, write res=7",
             "block 257 at offset 8388615: read res=0 (end of file)",
             "requests: 258 reads (0 short, 1 at end of file), 257 writes (0 short)",
-            "in flight at peak: 8 requests (queue depth 8)",
-            "reads and writes in flight together: first after CQE 1, 7 reads + 1 write",
+            "in flight at peak: 8 requests (queue depth 8; the loop's own count)",
+            "measured with io_uring_cq_ready before each of the 515 reaps:",
+            "  first reap: 8 CQEs waiting, of 8 requests in flight",
         ] {
             XCTAssert(run.stdoutLines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
+        try assertMeasuredOverlap(run, reaps: 515, queueDepth: 8)
     }
 
     /// An existing, longer DST is overwritten and cut to SRC's length.
@@ -123,7 +127,10 @@ final class Lesson10Tests: XCTestCase {
     func testSourceIsADirectory() throws {
         let existing = try makeFile("existing", bytes: 5000)
         let before = try Data(contentsOf: existing)
-        try Lesson("10").run([dir.path, existing.path]).assertError(mentioning: "SRC", "directory", "EISDIR")
+        // Decided from stat(2) by the lesson, not returned by the kernel: no errno in the line.
+        let run = try Lesson("10").run([dir.path, existing.path])
+        run.assertError(mentioning: "SRC", "it is a directory")
+        XCTAssertFalse(run.stderr.contains("EISDIR"), run.transcript)
         XCTAssertEqual(try Data(contentsOf: existing), before, "DST must be untouched")
     }
 
@@ -190,14 +197,16 @@ final class Lesson10Tests: XCTestCase {
 
         let subdirectory = dir.appendingPathComponent("subdir")
         try FileManager.default.createDirectory(at: subdirectory, withIntermediateDirectories: false)
-        try Lesson("10").run([source.path, subdirectory.path]).assertError(mentioning: "DST", "EISDIR")
+        try Lesson("10").run([source.path, subdirectory.path]).assertError(mentioning: "DST", "it is a directory")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: subdirectory.path), [])
         XCTAssertEqual(try Data(contentsOf: source), before, "SRC must be untouched")
     }
 
     /// A write that fails in the middle of the copy: /proc/version opens for writing as root,
-    /// but every write to it fails (-EIO on Linux 6.18; a non-root user gets EACCES at open).
-    /// Either way one error line naming DST, after every request in flight has completed.
+    /// but every write to it fails (-EIO on Linux 6.18; a non-root user gets EACCES at open,
+    /// before any request). After every request in flight has completed, the blocks and the
+    /// totals are printed as the prose promises, the failed write's block with its -errno,
+    /// then one error line naming DST.
     func testWriteErrorDuringTheCopy() throws {
         guard FileManager.default.fileExists(atPath: "/proc/version") else {
             throw XCTSkip("no /proc/version here")
@@ -206,6 +215,49 @@ final class Lesson10Tests: XCTestCase {
         let run = try Lesson("10").run([source.path, "/proc/version"])
         try run.skipIfSkipped()
         run.assertError(mentioning: "DST")
+        guard getuid() == 0 else { return }  // not root: refused at open, nothing copied or printed
+        let lines = run.stdoutLines
+        // Block 0's read is the first CQE reaped, so its write always goes out, and fails.
+        XCTAssert(lines.contains { $0.hasPrefix("block 0 at offset 0: read res=32768, write res=-") },
+                  run.transcript)
+        XCTAssert(lines.contains { $0.hasPrefix("requests: 4 reads (0 short, 0 at end of file), ") }, run.transcript)
+        XCTAssert(lines.contains("copied: 0 bytes"), run.transcript)
+        XCTAssertFalse(lines.contains { $0.hasPrefix("identical:") }, "no check after an error\n\(run.transcript)")
+    }
+
+    /// A file size limit (`ulimit -f 500`: 512000 bytes) cuts the copy of 1 MiB: the write that
+    /// reaches the limit is short, the write of its rest fails with -EFBIG, and no SIGXFSZ kills
+    /// the lesson (the writes run on io-wq workers, which block signals, on Linux 6.18). The
+    /// output shows the failed block and the totals, then the error line.
+    func testFileSizeLimitDuringTheCopy() throws {
+        let source = try makeFile("source", bytes: 1_048_576)
+        let copy = dir.appendingPathComponent("copy")
+        let lesson = try Lesson("10")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", "ulimit -f 500; exec \"$0\" \"$1\" \"$2\"", lesson.executable.path,
+                             source.path, copy.path]
+        let out = Pipe(), err = Pipe()
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let transcript = "exit \(process.terminationStatus)\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)"
+        if process.terminationStatus == 77 { throw XCTSkip(transcript) }
+
+        XCTAssertEqual(process.terminationReason, .exit, "killed by a signal?\n\(transcript)")
+        XCTAssertEqual(process.terminationStatus, 1, transcript)
+        XCTAssert(stderr.hasPrefix("error: write of ") && stderr.contains("of DST completed with res=-EFBIG (-27)"),
+                  transcript)
+        let lines = stdout.components(separatedBy: "\n")
+        XCTAssert(lines.contains { $0.hasPrefix("requests: ") && $0.contains("(1 short)") }, transcript)
+        XCTAssert(lines.contains("copied: 491520 bytes"), transcript)  // 15 whole blocks before the limit
+        XCTAssert(lines.contains { $0.hasPrefix("block ") && $0.contains("write res=-EFBIG (-27)") }, transcript)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: copy.path)[.size] as? Int, 512_000,
+                       transcript)
     }
 
     func testArguments() throws {
@@ -215,6 +267,25 @@ final class Lesson10Tests: XCTestCase {
     }
 
     // MARK: - Helpers
+
+    /// The measured line: `reaps that found requests still without a CQE: N, at most M at once`.
+    /// N and M depend on timing; they are bounded: N of the reaps, and M < the queue depth (the
+    /// reap that measured it had at least one CQE waiting), and M is 0 exactly when N is.
+    private func assertMeasuredOverlap(_ run: Run, reaps: Int, queueDepth: Int,
+                                       file: StaticString = #filePath, line: UInt = #line) throws {
+        let prefix = "  reaps that found requests still without a CQE: "
+        guard let measured = run.stdoutLines.first(where: { $0.hasPrefix(prefix) }) else {
+            return XCTFail("no measured line\n\(run.transcript)", file: file, line: line)
+        }
+        let numbers = measured.dropFirst(prefix.count).split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        guard numbers.count == 2 else {
+            return XCTFail("cannot read \(measured)\n\(run.transcript)", file: file, line: line)
+        }
+        let (count, most) = (numbers[0], numbers[1])
+        XCTAssert((0...reaps).contains(count), "\(measured)\n\(run.transcript)", file: file, line: line)
+        XCTAssert((0..<queueDepth).contains(most), "\(measured)\n\(run.transcript)", file: file, line: line)
+        XCTAssertEqual(count == 0, most == 0, "\(measured)\n\(run.transcript)", file: file, line: line)
+    }
 
     /// A file of `bytes` deterministic pseudo-random bytes in the test's directory.
     private func makeFile(_ name: String, bytes: Int, seed: UInt64 = 1) throws -> URL {

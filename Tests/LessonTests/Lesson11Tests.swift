@@ -52,14 +52,40 @@ final class Lesson11Tests: XCTestCase {
         XCTAssertLessThan(lines.count, 80, "output is bounded\n\(run.transcript)")
     }
 
-    /// The limitation the prose states: copies are sized by st_size, and /proc reports 0 bytes,
-    /// so nothing is copied (and the empty copies match the "empty" source).
+    /// Copies are sized by st_size, and /proc says 0 bytes for a file that holds more: the size
+    /// check (a read at offset st_size must find the end) refuses it before anything is copied,
+    /// where the lesson used to print "0 bytes, identical to the source" and exit 0.
     func testProcFileWhoseSizeStatDoesNotTell() throws {
         let run = try Lesson("11").run(["/proc/self/status"])
         try run.skipIfSkipped()
+        run.assertError(mentioning: "/proc/self/status says 0 bytes (stat)", "a read at offset 0 still found data")
+        XCTAssertFalse(run.stdout.contains("identical"), run.transcript)
+        XCTAssertFalse(run.stdout.contains("splice"), "nothing may be copied\n\(run.transcript)")
+    }
+
+    /// A sysfs file says 4096 bytes and holds a few: its last byte is missing, refused too.
+    func testSysfsFileShorterThanItsSize() throws {
+        let path = "/sys/kernel/mm/transparent_hugepage/enabled"
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_size == 4096 else { throw XCTSkip("no \(path) of 4096 bytes here") }
+        let run = try Lesson("11").run([path])
+        try run.skipIfSkipped()
+        run.assertError(mentioning: "says 4096 bytes (stat)", "a read of its last byte found the end of the file")
+        XCTAssertFalse(run.stdout.contains("splice"), "nothing may be copied\n\(run.transcript)")
+    }
+
+    /// A file that really is empty: 0 bytes by stat and by read, so nothing to copy, and four
+    /// empty copies that do match it.
+    func testEmptyFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("empty")
+        try Data().write(to: file)
+        let run = try Lesson("11").run([file.path])
+        try run.skipIfSkipped()
         XCTAssertEqual(run.status, 0, run.transcript)
-        XCTAssert(run.stdoutLines.contains("source: /proc/self/status, 0 bytes"), run.transcript)
-        XCTAssert(run.stdoutLines.contains("splice-copy.txt: 0 bytes, identical to the source"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("source: \(file.path), 0 bytes"), run.transcript)
+        XCTAssert(run.stdoutLines.contains("small-pipe-copy.txt: 0 bytes, identical to the source"), run.transcript)
     }
 
     func testMissingFile() throws {
