@@ -8,16 +8,20 @@
 // the files once with `io_uring_register_files` (the lookup and the reference happen then,
 // once per file), and a request that sets IOSQE_FIXED_FILE puts a *slot index* into the SQE's
 // fd field instead of an fd. The kernel finds the file at that index in the ring's table,
-// with no lookup in the process's table and no reference counting per request.
+// with no lookup in the process's table and no atomic reference on the shared `struct file`.
+// (The request still counts its use of the slot's entry, with a cheaper counter private to the
+// ring: on Linux 6.18 a plain integer under the ring's own lock. Exercise 2 shows what it is for.)
 //
 // This lesson registers three temp files, reads each through its slot, closes the real fds
 // and reads again (the table holds its own reference), swaps a slot to another file and
-// empties one, then registers a sparse table of empty slots. An empty slot is the first
-// failure a learner meets: the read completes with -EBADF.
+// empties one, updates several slots in one call (and watches one stop part-way), then
+// registers a sparse table of empty slots. An empty slot is the first failure a learner meets:
+// the read completes with -EBADF.
 //
-// Read next: man 3 io_uring_register_files, man 3 io_uring_register_files_update,
-// man 3 io_uring_unregister_files, man 2 io_uring_register (IORING_REGISTER_FILES),
-// man 2 io_uring_enter (IOSQE_FIXED_FILE).
+// Read next: man 3 io_uring_register_files, man 3 io_uring_unregister_files,
+// man 2 io_uring_register (IORING_REGISTER_FILES, IORING_REGISTER_FILES_UPDATE),
+// man 2 io_uring_enter (IOSQE_FIXED_FILE). (liburing 2.3 has no man page for
+// io_uring_register_files_update; its declaration is in liburing.h.)
 
 #if canImport(Glibc)
 import Glibc
@@ -151,11 +155,11 @@ for slot: Int32 in 0..<3 { readSlot(ring, slot, "", &userData) }
 
 // MARK: - 4. Updating slots
 //
-// `io_uring_register_files_update(ring, offset, fds, count)` replaces `count` slots starting
-// at `offset`: the old file's reference is dropped, the new fd is looked up and referenced.
-// It returns how many slots it updated. An fd of -1 empties a slot (and -2,
-// IORING_REGISTER_FILES_SKIP, leaves one as it is). The fd we pass may be closed right after,
-// as in section 3. (IORING_OP_FILES_UPDATE does the same as a request, in order with others.)
+// `io_uring_register_files_update(ring, offset, fds, count)` goes through `count` slots starting
+// at `offset`: for each, the old file's reference is dropped, the new fd is looked up and
+// referenced. An fd of -1 empties a slot. It returns how many entries it went through (section
+// 5 shows what that means when one fails). The fd we pass may be closed right after, as in
+// section 3. (IORING_OP_FILES_UPDATE does the same as a request, in order with others.)
 //
 // Reading from an empty slot, or from an index past the end of the table, finds no file:
 // the read completes with -EBADF, just as a read on a closed fd does (lesson 04).
@@ -172,7 +176,36 @@ printFileTable(ring)
 readSlot(ring, 2, " (emptied)", &userData)
 readSlot(ring, 3, " (past the end of the 3-slot table)", &userData)
 
-// MARK: - 5. Unregistering
+// MARK: - 5. Several slots in one update, and an update that stops part-way
+//
+// The kernel walks the fd array in order, one slot per entry (Linux 6.18, io_uring/rsrc.c,
+// __io_sqe_files_update):
+//   -2, IORING_REGISTER_FILES_SKIP (Linux 5.12), leaves the slot as it is: the entry still counts;
+//   -1 empties the slot;
+//   any other value: the slot's old file is dropped *first*, then the fd is looked up. An fd that
+//   is not open ends the call there, and that slot has already lost its old file. Slots after
+//   it are not touched.
+// The call returns the number of entries it went through before the failure, and the error
+// only if that number is 0. So an update that stops part-way *succeeds* with a smaller number,
+// and its errno is lost: compare the return value with the count you passed.
+//
+// The failing fd here is 999, after checking that this process has no fd 999 open.
+
+print("updates of several slots in one call:")
+let banana = openFile("banana.txt", paths)
+let notOpen: Int32 = 999
+guard fcntl(notOpen, F_GETFD) < 0 else { fail("fd \(notOpen) is open in this process; the lesson needs a closed fd") }
+print("fcntl(\(notOpen), F_GETFD) fails with \(describe(res: -errno)): fd \(notOpen) is not open")
+let skipEntry = IORING_REGISTER_FILES_SKIP  // -2
+for update in [[skipEntry, banana, skipEntry], [banana, notOpen], [notOpen, banana]] {
+    print("io_uring_register_files_update(offset 0, [\(update.map(String.init).joined(separator: ", "))]) = "
+        + describe(res: io_uring_register_files_update(ring, 0, update, UInt32(update.count))))
+    printFileTable(ring)
+}
+print("close(\(banana)) = \(close(banana))")
+readSlot(ring, 0, " (emptied by the failed update)", &userData)
+
+// MARK: - 6. Unregistering
 //
 // `io_uring_unregister_files` drops the whole table (and with it the last reference to each of
 // our files, which closes them). After that no slot exists: a fixed read is -EBADF, and a
@@ -184,12 +217,12 @@ printFileTable(ring)
 readSlot(ring, 0, " (no table)", &userData)
 print("io_uring_unregister_files again = \(describe(res: io_uring_unregister_files(ring)))")
 
-// MARK: - 6. A sparse table
+// MARK: - 7. A sparse table
 //
 // Since 5.19 `io_uring_register_files_sparse(ring, n)` registers a table of n empty slots, to
-// be filled later by updates, or by requests that open files straight into a slot (lesson 30,
-// direct descriptors). A program that keeps many files would register a large sparse table
-// once, since a ring has one table and it cannot grow.
+// be filled later by updates, or by requests that open files straight into a slot ("direct
+// descriptors", a later lesson: 30, coming). A program that keeps many files would register a
+// large sparse table once, since a ring has one table and it cannot grow.
 //
 // Every slot starts empty, so the first read through one is the -EBADF of section 4: the
 // failure a learner meets first, when a slot was never filled (or the update failed unseen).

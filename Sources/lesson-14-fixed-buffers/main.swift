@@ -2,8 +2,9 @@
 //
 // A read or write names its buffer by an address in our process, and the kernel has to reach
 // that memory through our page tables on every request: a buffered read copies through them
-// (faulting pages in as needed), and a direct (O_DIRECT) read looks up and pins each page for
-// the length of the request, then unpins it. Registering buffers with
+// (faulting pages in as needed), and a direct read (on an fd opened with O_DIRECT, which
+// bypasses the page cache: the device moves the data itself; lesson 16) looks up and pins each
+// page for the length of the request, then unpins it. Registering buffers with
 // `io_uring_register_buffers` does that work once: the kernel pins every page of each buffer
 // and keeps them pinned until the buffers are unregistered. A request then uses
 // IORING_OP_READ_FIXED or IORING_OP_WRITE_FIXED, names the buffer by its index (`buf_index`)
@@ -31,10 +32,10 @@ _ = lessonArguments(usage: "lesson-14-fixed-buffers", max: 0)
 // IORING_OP_READ_FIXED and IORING_OP_WRITE_FIXED are among the first opcodes (Linux 5.1), so
 // there is nothing to probe. The file is a temp file, opened with plain open(2).
 //
-// The buffers: buffer 0 of one page, buffer 1 of two. The kernel pins whole pages, so
-// alignment is not required (an unaligned buffer pins the pages around it), but page-aligned
-// buffers pin exactly their own memory, and O_DIRECT needs aligned buffers anyway. They are
-// allocated by us, at addresses that will not move, and freed only after they are unregistered.
+// The buffers: buffer 0 of one page, buffer 1 of two, page-aligned. The kernel pins whole
+// pages; alignment is not required, but it makes VmPin easy to read (and O_DIRECT needs
+// aligned buffers anyway). They are allocated by us, at addresses that will not move, and
+// freed only after they are unregistered.
 
 let ring = makeRing(entries: 8)
 
@@ -77,10 +78,11 @@ func pinned() -> String {
 // describe: the pages cannot be swapped out, moved or given back until we unregister. VmPin
 // shows it.
 //
-// A process without CAP_IPC_LOCK has those pages charged to RLIMIT_MEMLOCK (`ulimit -l`); over
-// the limit, registering fails with -ENOMEM. Linux 6.18 still charges them (run as a normal
-// user with `ulimit -l 64` and a 64 KiB buffer to see it); kernels before 5.16 had a default
-// limit of only 64 KiB, so there it bit almost everyone.
+// A process without CAP_IPC_LOCK has those pages charged against RLIMIT_MEMLOCK (`ulimit -l`);
+// over the limit, registering fails with -ENOMEM. The count is kept per user, not per process,
+// the ring's own memory is charged to it too, and a finished process's share is given back a
+// moment after it exits (exercise 2). Kernels before 5.16 had a default limit of only 64 KiB,
+// so there it bit almost everyone. Root has CAP_IPC_LOCK and is not charged.
 //
 // A ring has one buffer table. Registering again while it exists is -EBUSY.
 

@@ -35,10 +35,16 @@ let clock = ContinuousClock()
 
 // MARK: - 1. May this process use SQPOLL?
 //
-// Before Linux 5.11 an SQPOLL ring needed root (CAP_SYS_ADMIN) and could only use registered
-// files (lesson 13), and setup failed with -EPERM for anyone else. 5.11 lifted both limits and
-// announced it with the feature bit IORING_FEAT_SQPOLL_NONFIXED. A plain ring tells us the
-// features (and, if io_uring itself is unavailable here, makeRing says why and skips).
+// SQPOLL got easier in three steps:
+//   before 5.11  only with CAP_SYS_ADMIN (root), and only on registered files (lesson 13);
+//   5.11         ordinary fds too, announced by the feature bit IORING_FEAT_SQPOLL_NONFIXED,
+//                and CAP_SYS_NICE is enough instead of CAP_SYS_ADMIN;
+//   5.13         no privilege at all (kernel commit 548d819d1eed, "io_uring: allow SQPOLL
+//                without CAP_SYS_ADMIN or CAP_SYS_NICE"; some older stable kernels took it too).
+// Without the privilege, setup fails with -EPERM. A plain ring tells us the features (and, if
+// io_uring itself is unavailable here, makeRing says why and skips). Then we try one SQPOLL
+// ring ourselves: -EPERM from it, after a plain ring worked, is the privilege check of a kernel
+// before 5.13, not seccomp or the io_uring_disabled sysctl that makeRing would blame.
 
 var plainParams = io_uring_params()
 let plainRing = makeRing(entries: 1, params: &plainParams)
@@ -47,14 +53,33 @@ guard plainParams.features & IORING_FEAT_SQPOLL_NONFIXED != 0 else {
     skip("this kernel lacks IORING_FEAT_SQPOLL_NONFIXED (Linux 5.11): SQPOLL needs root "
         + "(CAP_SYS_ADMIN) and registered files here, and this lesson uses neither")
 }
-print("IORING_FEAT_SQPOLL_NONFIXED: yes, any process may use SQPOLL (Linux 5.11+)")
+print("IORING_FEAT_SQPOLL_NONFIXED: yes (Linux 5.11+): an SQPOLL ring may use ordinary fds")
+// Before 5.12 the SQ thread is a kernel thread outside our process; this lesson watches it in
+// /proc/self/task, which needs the SQ thread of 5.12, announced by IORING_FEAT_NATIVE_WORKERS.
+guard plainParams.features & IORING_FEAT_NATIVE_WORKERS != 0 else {
+    skip("this kernel lacks IORING_FEAT_NATIVE_WORKERS (Linux 5.12): its SQ thread is a kernel "
+        + "thread outside this process, which the lesson cannot watch in /proc/self/task")
+}
+
+let probeRing = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+probeRing.initialize(to: io_uring())
+var probeParams = io_uring_params()
+probeParams.flags = IORING_SETUP_SQPOLL
+let probe = io_uring_queue_init_params(1, probeRing, &probeParams)
+if probe == 0 { io_uring_queue_exit(probeRing) }
+probeRing.deallocate()
+if probe == -EPERM {
+    skip("io_uring_setup with IORING_SETUP_SQPOLL returned -EPERM (-1), while a plain ring works: "
+        + "on Linux 5.11 and 5.12 SQPOLL needs CAP_SYS_NICE (or root); since 5.13 it needs no privilege. "
+        + "Run as root, or give the binary the capability: sudo setcap cap_sys_nice+ep <binary>")
+}
 
 // MARK: - 2. An SQPOLL ring
 //
 // `params.flags = IORING_SETUP_SQPOLL` asks for the SQ thread; `params.sq_thread_idle` is how
-// many milliseconds it keeps polling after its last piece of work before it sleeps (0 means
-// the kernel's default, one second). The kernel counts that time in jiffies (4 ms each at
-// HZ=250), so "idle" is accurate to a few milliseconds.
+// many milliseconds it keeps polling after its last piece of work before it sleeps. The kernel
+// counts that time in jiffies (4 ms each at HZ=250), so "idle" is accurate to a few
+// milliseconds.
 //
 // Since Linux 5.12 the SQ thread is a thread of our own process, named iou-sqp-<pid>: it shows
 // up in /proc/self/task, and the ring's /proc/self/fdinfo entry gives its tid (SqThread).
@@ -91,7 +116,7 @@ func sqFlags(_ ring: UnsafeMutablePointer<io_uring>) -> UInt32 {
 func describe(sqFlags flags: UInt32) -> String {
     let known: [(UInt32, String)] = [
         (IORING_SQ_NEED_WAKEUP, "NEED_WAKEUP"),  // 5.1: the SQ thread sleeps; wake it to submit
-        (IORING_SQ_CQ_OVERFLOW, "CQ_OVERFLOW"),  // 5.5: completions wait in the overflow list (lesson 28)
+        (IORING_SQ_CQ_OVERFLOW, "CQ_OVERFLOW"),  // 5.5: completions wait in the overflow list (a later lesson)
         (IORING_SQ_TASKRUN, "TASKRUN"),          // 5.19: task work waits (with IORING_SETUP_TASKRUN_FLAG)
     ]
     let names = known.filter { flags & $0.0 != 0 }.map(\.1)
@@ -236,9 +261,12 @@ print("after destroyRing: SQ thread \(threadID) "
 //
 // An SQ thread that polls takes a CPU; with IORING_SETUP_SQ_AFF, `params.sq_thread_cpu` pins it
 // to one CPU (man 2 io_uring_setup). Programs pin it away from their own threads, so the two
-// spinning sides never wait for each other. The CPU must be one this process may use (its
-// cpuset), or setup fails with -EINVAL. We take the first CPU in our own affinity list, let
-// the thread start (it sleeps at once, nothing to do), and read back where it may run.
+// spinning sides never wait for each other. The kernel checks that the CPU exists, is online
+// and is in this process's cpuset (the cgroup's cpuset.cpus), or setup fails with -EINVAL. The
+// affinity that taskset or sched_setaffinity sets is not checked: under `taskset -c 1`, CPU 0
+// was accepted on Linux 6.18. We take the first CPU in our own affinity list (0 on most
+// machines, 1 under `taskset -c 1`), let the thread start (it sleeps at once, nothing to do),
+// and read back where it may run.
 
 let firstCPU = UInt32(allowedCPUs("self").prefix { $0.isNumber }) ?? 0
 var pinnedParams = io_uring_params()

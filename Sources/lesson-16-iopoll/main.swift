@@ -4,8 +4,9 @@
 // kernel posts the CQE. With IORING_SETUP_IOPOLL nothing raises an interrupt: the request goes
 // to one of the device's *poll queues*, and its completion is found only when someone looks.
 // That someone is us: io_uring_enter with IORING_ENTER_GETEVENTS (io_uring_wait_cqe) spins on
-// the device's completion queue until the request is done. On a fast NVMe drive that saves the
-// interrupt and a context switch per I/O, at the price of a CPU spinning.
+// the device's completion queue until the request is done. That saves the interrupt and the
+// wake-up of the waiting thread per I/O, at the price of a CPU spinning: "lower latency, but
+// may consume more CPU resources than interrupt driven I/O" (man 2 io_uring_setup).
 //
 // It has three conditions, and this lesson checks each on the machine it runs on:
 //   - only O_DIRECT reads and writes can be polled: a buffered fd gives -EOPNOTSUPP;
@@ -106,7 +107,8 @@ default:
 //   io_poll             1 if the driver gave the disk poll queues, 0 if not: a polled read
 //                       needs 1. Poll queues are made by the driver when it loads
 //                       (nvme.poll_queues=N); writing to this file cannot create them.
-//   io_poll_delay       -1: classic polling, spin until the request is done.
+//   io_poll_delay       -1: classic polling, spin until the request is done (fixed at -1
+//                       since the block layer dropped hybrid polling; writes are ignored).
 //   logical_block_size  the unit O_DIRECT offsets and lengths must be multiples of.
 // A file on tmpfs, overlayfs, btrfs or a network filesystem has a device number with no such
 // entry (an anonymous device, major 0 for most): then there is no disk whose queue we can read.
@@ -209,8 +211,10 @@ destroyRing(ring)
 // -EOPNOTSUPP. (Other opcodes, such as openat, fail with -EINVAL on an IOPOLL ring.)
 //
 // Reaping is different too. liburing knows it is an IOPOLL ring: io_uring_submit always
-// enters with IORING_ENTER_GETEVENTS, and io_uring_wait_cqe calls io_uring_enter, in which the
-// kernel polls the device for completions. No interrupt will post the CQE for us.
+// enters with IORING_ENTER_GETEVENTS, and io_uring_wait_cqe, if no CQE is in the ring yet,
+// calls io_uring_enter with GETEVENTS again, in which the kernel polls the device for
+// completions. No interrupt will post the CQE for us. (Whether a CQE is already there when
+// the submit returns depends on timing: see the lesson's prose on what strace shows.)
 
 let pollRing = makeRing(entries: 4, flags: IORING_SETUP_IOPOLL)
 print("IOPOLL ring: sq_entries=\(pollRing.pointee.sq.ring_entries) cq_entries=\(pollRing.pointee.cq.ring_entries)")

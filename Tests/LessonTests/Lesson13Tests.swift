@@ -2,8 +2,10 @@ import XCTest
 
 final class Lesson13Tests: XCTestCase {
     /// Reads through slot indices (before and after the real fds are closed), the update, the
-    /// emptied slot's -EBADF, the sparse table and its never-filled slot's -EBADF: the expected
-    /// block of lessons/13-fixed-files.md.
+    /// emptied slot's -EBADF, the multi-slot updates (skips counted, a partial failure that
+    /// returns a count, a failure at the first entry that returns -EBADF yet empties its slot),
+    /// the sparse table and its never-filled slot's -EBADF: the expected block of
+    /// lessons/13-fixed-files.md.
     func testFixedFiles() throws {
         let run = try Lesson("13").runAndCompareWithProse()
         // The lines that prove the lesson, asserted again in case the prose block is edited.
@@ -13,11 +15,23 @@ final class Lesson13Tests: XCTestCase {
             "read slot 2: user_data=6 res=7 flags=0 \"cherry\\n\"",
             "read slot 1 (updated): user_data=7 res=7 flags=0 \"damson\\n\"",
             "read slot 2 (emptied): user_data=8 res=-EBADF (-9) flags=0",
+            "read slot 0 (emptied by the failed update): user_data=10 res=-EBADF (-9) flags=0",
             "io_uring_register_files_sparse(4) = 0",
-            "read slot 0 (never filled): user_data=11 res=-EBADF (-9) flags=0",
-            "read slot 3 (filled): user_data=12 res=6 flags=0 \"apple\\n\"",
+            "read slot 0 (never filled): user_data=12 res=-EBADF (-9) flags=0",
+            "read slot 3 (filled): user_data=13 res=6 flags=0 \"apple\\n\"",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+        // The three updates of several slots: skipped entries count, an error after a success
+        // is dropped (the count is returned), an error at the first entry is returned.
+        let updates = lines.filter { $0.hasPrefix("io_uring_register_files_update(offset 0, [") }
+        XCTAssertEqual(updates.count, 3, run.transcript)
+        if updates.count == 3 {
+            XCTAssert(updates[0].hasPrefix("io_uring_register_files_update(offset 0, [-2, ")
+                && updates[0].hasSuffix(", -2]) = 3"), updates[0])
+            XCTAssert(updates[1].hasSuffix(", 999]) = 1"), updates[1])
+            XCTAssert(updates[2].hasPrefix("io_uring_register_files_update(offset 0, [999, ")
+                && updates[2].hasSuffix("]) = -EBADF (-9)"), updates[2])
         }
         // The closed fds really were closed in the process.
         XCTAssertEqual(lines.filter { $0.hasSuffix("F_GETFD) fails with -EBADF (-9)") }.count, 3, run.transcript)

@@ -16,6 +16,17 @@ final class Lesson15Tests: XCTestCase {
         // The thread is named after this run's pid.
         let threadLine = try XCTUnwrap(run.stdoutLines.first { $0.hasPrefix("SQ thread: tid ") }, run.transcript)
         XCTAssert(threadLine.contains(", named iou-sqp-"), run.transcript)
+        // SQ_AFF: the CPU asked for is the first this process may use (the lesson inherits this
+        // test's affinity), fdinfo reports that CPU, and the thread may run on it alone.
+        let pinnedLine = try XCTUnwrap(run.stdoutLines.first { $0.hasPrefix("SQ_AFF, sq_thread_cpu=") && !$0.contains("4096") },
+                                       run.transcript)
+        let numbers = pinnedLine.split(whereSeparator: { !$0.isNumber }).map(String.init)
+        XCTAssertEqual(numbers.count, 3, pinnedLine)
+        XCTAssertEqual(Set(numbers).count, 1, "requested, reported and allowed CPU differ: \(pinnedLine)")
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let allowed = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+        let firstCPU = allowed?.dropFirst("Cpus_allowed_list:".count).drop { $0 == " " || $0 == "\t" }.prefix { $0.isNumber }
+        XCTAssertEqual(numbers.first, firstCPU.map(String.init), "\(pinnedLine) vs \(allowed ?? "?")")
     }
 
     /// The claim itself, checked from outside: under strace, ten submissions make exactly two
