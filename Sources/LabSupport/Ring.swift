@@ -1,12 +1,13 @@
 // Owning a ring: create it once, keep it at one address, tear it down exactly once.
 //
-// `struct io_uring` is liburing's view of the two rings the kernel shares with us (the
-// submission queue, the completion queue, and the SQE array, all mmap'd). Every liburing call
-// takes a pointer to it, so it must not move while the ring is in use: a Swift `var ring =
-// io_uring()` passed as `&ring` is only guaranteed to stay put for one call. `makeRing`
-// therefore allocates it on the heap and hands back that pointer, which is what the lessons
-// pass to `io_uring_get_sqe(ring)`, `io_uring_submit(ring)` and the rest, exactly as C code
-// passes `&ring`.
+// `struct io_uring` is liburing's view of the rings the kernel shares with us: pointers into
+// the mmap'd memory (which never moves) and liburing's own bookkeeping, such as its private SQ
+// tail, which every call reads and updates. So there must be exactly one copy, used by every
+// call: a Swift `var ring = io_uring()` passed as `&ring` is only guaranteed to be the same
+// memory for the length of one call. `makeRing` therefore allocates it on the heap and hands
+// back that pointer, which is what the lessons pass to `io_uring_get_sqe(ring)`,
+// `io_uring_submit(ring)` and the rest, exactly as C code passes `&ring`. (The kernel itself
+// never sees this struct; the buffers a request names are what the kernel touches later.)
 
 #if canImport(Glibc)
 import Glibc
