@@ -39,11 +39,14 @@ case let value?: print("kernel.io_uring_disabled = \(value): io_uring is restric
 
 // MARK: - 2. The first ring
 //
-// `struct io_uring` is liburing's handle on the rings. It holds pointers into the mmap'd
-// memory and the ring's fd, and every liburing call takes its address. So it must stay at one
-// address for as long as the ring exists: we allocate it on the heap instead of passing
-// `&ring` of a Swift `var`, whose address is only guaranteed for the length of one call.
-// (Later lessons get exactly this from LabSupport's `makeRing`.)
+// `struct io_uring` is liburing's handle on the rings, not the kernel's: the kernel never sees
+// it. It holds the ring's fd, pointers into the mmap'd memory (which does not move), and
+// liburing's own state, such as its own SQ tail `sq.sqe_tail`, which every call reads and
+// updates. So there must be exactly one copy, used by every call: two copies would each hand
+// out the same SQE. A Swift `&ring` on a `var` is a pointer valid for one call only, possibly
+// to a temporary, and we hand the ring from function to function; so we allocate it once on
+// the heap and pass that pointer everywhere. (Later lessons get exactly this from
+// LabSupport's `makeRing`.)
 //
 // `io_uring_params` is both question and answer. We fill in `flags` (and, with some flags,
 // more fields); the kernel writes back the sizes it granted, the `features` it has, and the
@@ -64,7 +67,8 @@ print("io_uring_queue_init_params(8) = \(ret): ring fd \(ring.pointee.ring_fd), 
 
 // MARK: - 3. What the kernel mapped
 //
-// io_uring_setup made three areas of memory, and liburing mmapped each into our process:
+// io_uring_setup made three areas of memory, and liburing mapped them into our process (in two
+// mappings since 5.4, see below):
 //   the SQ ring  head, tail, ring_mask, ring_entries, flags, dropped, and `array`: one entry
 //                per slot, holding the index of the SQE that slot submits
 //   the SQEs     a separate array of `struct io_uring_sqe` (64 bytes each): the requests

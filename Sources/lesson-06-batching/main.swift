@@ -142,7 +142,8 @@ while reaped < ops {
     let queued = next - first
     let spaceLeft = io_uring_sq_space_left(ring)
 
-    let submitted = io_uring_submit_and_wait(ring, UInt32(queued))
+    let waitFor = queued  // CQEs to wait for: the whole batch
+    let submitted = io_uring_submit_and_wait(ring, UInt32(waitFor))
     submits += 1
     guard submitted == queued else {
         // A short submit (or -errno): the kernel stopped early and did not wait (man 2
@@ -165,7 +166,7 @@ while reaped < ops {
 
     // One line per submit, the first few and the last (a large OPS would print thousands).
     let line = "submit \(submits): user_data \(first)...\(next - 1), sq_space_left \(spaceLeft), "
-        + "io_uring_submit_and_wait(ring, \(queued)) = \(submitted), cq_ready \(ready), reaped \(reapedNow)"
+        + "io_uring_submit_and_wait(ring, \(waitFor)) = \(submitted), cq_ready \(ready), reaped \(reapedNow)"
     if submits <= shownSubmits {
         print(line)
     } else if reaped == ops {
