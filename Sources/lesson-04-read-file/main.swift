@@ -9,7 +9,13 @@
 //
 // Nothing here throws. When a request fails, the failure is the CQE's `res`: a negated errno
 // such as -ENOENT for a path that does not exist, or -EBADF for a read on a closed fd. The
-// last section provokes both on purpose.
+// sixth section provokes both on purpose.
+//
+// It also shows *where* a request runs, the model behind this lab's buffer rule: inline,
+// during io_uring_submit (the reads: each CQE is already in the CQ when submit returns), or
+// handed to one of the kernel's io-wq worker threads (the openat of a name the kernel has
+// not seen: a thread named iou-wrk-* appears in this process), or parked on an internal poll
+// (a read from an empty pipe, the last section: no thread waits for it).
 //
 // Usage: lesson-04-read-file [PATH]   (without PATH it reads a temp file it writes itself;
 // for standard input give /dev/stdin)
@@ -45,7 +51,54 @@ requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
 // the ring has 8 slots and each SQE is completed before the next is taken, so it cannot be
 // full), fill it in, and `submitAndWait(ring)` (io_uring_submit, then lesson 03's
 // io_uring_wait_cqe / io_uring_cqe_seen). It returns a copy of the CQE, taken before the slot
-// went back to the kernel.
+// went back to the kernel. The reads use `submitWaitAndLook` below instead, which also says
+// whether the CQE was already there when io_uring_submit returned.
+
+/// io_uring_submit, then io_uring_cq_ready (how many CQEs sit in the CQ, posted and not yet
+/// consumed: lesson 06 uses it too) at once, then io_uring_wait_cqe / io_uring_cqe_seen.
+/// With one request in flight and an empty CQ before it, a CQE already there means the request
+/// ran *inline*: the kernel did it during the submit's io_uring_enter(2), before returning.
+/// 0 means it was still running somewhere (parked on a poll, or on an io-wq worker) when
+/// submit returned: the kernel may touch its buffer after that.
+func submitWaitAndLook(_ ring: UnsafeMutablePointer<io_uring>) -> (cqe: io_uring_cqe, doneAtSubmit: Bool) {
+    let submitted = io_uring_submit(ring)
+    guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted)), expected 1") }
+    let doneAtSubmit = io_uring_cq_ready(ring) > 0
+    return (waitForCQE(ring), doneAtSubmit)
+}
+
+/// io_uring_wait_cqe, a copy of the CQE, io_uring_cqe_seen (lesson 03).
+func waitForCQE(_ ring: UnsafeMutablePointer<io_uring>) -> io_uring_cqe {
+    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
+    let ret = io_uring_wait_cqe(ring, &cqePointer)
+    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
+    let cqe = cqePointer.pointee  // copy it before the slot goes back to the kernel
+    io_uring_cqe_seen(ring, cqePointer)
+    return cqe
+}
+
+/// The threads of this process whose name starts with "iou-wrk-": io_uring's io-wq workers.
+/// Since Linux 5.12 (IORING_FEAT_NATIVE_WORKERS, lesson 01) they are threads of the process
+/// that submitted, named iou-wrk-<tid of the submitting thread>, listed in /proc/self/task like
+/// any other thread. (Before 5.12 they were kernel threads, and this count stays 0.)
+func ioWorkerThreads() -> Int {
+    guard let tasks = opendir("/proc/self/task") else { return 0 }
+    defer { closedir(tasks) }
+    var workers = 0
+    while let entry = readdir(tasks) {
+        let tid = withUnsafeBytes(of: entry.pointee.d_name) {
+            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        guard tid != "." && tid != ".." else { continue }
+        let fd = open("/proc/self/task/\(tid)/comm", O_RDONLY)
+        guard fd >= 0 else { continue }  // the thread has just exited
+        var name = [UInt8](repeating: 0, count: 64)
+        let n = name.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        if n > 0 && name[..<n].starts(with: Array("iou-wrk-".utf8)) { workers += 1 }
+    }
+    return workers
+}
 
 // MARK: - 2. The file
 //
@@ -90,10 +143,12 @@ let fd = openCQE.res
 // choose, so the file position never moves (lesson 05 uses offset -1, the position). We start
 // at 0 and move on by however many bytes each read returned.
 //
-// The kernel writes into the buffer while the request runs, perhaps on another thread after
-// io_uring_submit has returned. So the buffer must stay at one address until the CQE arrives:
-// a Swift array passed as `&array` is only pinned for one call, so we allocate raw memory
-// ourselves and free it after the last CQE.
+// The kernel writes into the buffer while the request runs, and that may be after
+// io_uring_submit has returned: a read parked on a poll is retried when data arrives, and a
+// read handed to an io-wq worker runs on that thread (the prose's "Where a request runs").
+// Here each read also says whether it had completed by the time submit returned. So the
+// buffer must stay at one address until the CQE arrives: a Swift array passed as `&array` is
+// only pinned for one call, so we allocate raw memory ourselves and free it after the last CQE.
 //
 // `res` is the number of bytes read, and it may be less than we asked: a *short read*. For a
 // regular file that happens at the end of the file; for pipes, sockets and some special files
@@ -117,6 +172,7 @@ let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignm
 let seekable = lseek(fd, 0, SEEK_CUR) >= 0
 var offset: UInt64 = 0
 var reads = 0
+var readsDoneAtSubmit = 0
 var kept: [UInt8] = []
 
 while true {
@@ -126,8 +182,9 @@ while true {
     io_uring_prep_read(readSQE, fd, buffer.baseAddress, UInt32(chunkSize), readOffset)
     userData += 1
     io_uring_sqe_set_data64(readSQE, userData)
-    let cqe = submitAndWait(ring)[0]
+    let (cqe, doneAtSubmit) = submitWaitAndLook(ring)
     reads += 1
+    if doneAtSubmit { readsDoneAtSubmit += 1 }
 
     guard cqe.res >= 0 else {
         // Reading a directory fails here, not at openat: open(2) accepts a directory with
@@ -162,6 +219,16 @@ if offset <= UInt64(keptBytes) {
     print("the file's \(offset) bytes in \(reads) reads, the first \(keptBytes): \(quoted(kept))...")
 }
 
+// Where did the reads run? A read of pages already in the page cache (the lesson's own file,
+// which it has just written) can be done on the spot: the kernel copies the bytes during the
+// submit and posts the CQE before io_uring_enter returns. A read that would have to wait
+// cannot: a pipe with no data is parked on an internal poll, and (on 6.18) a read of pages
+// not yet in memory may be started and finished when the disk has answered; neither counts
+// here as done at submit, and neither needs a worker thread. The count of io-wq worker
+// threads so far is the other half of the evidence.
+print("reads whose CQE was in the CQ when io_uring_submit returned: \(readsDoneAtSubmit) of \(reads)")
+print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
+
 // MARK: - 5. close
 //
 // IORING_OP_CLOSE is close(2) as a request; `res` 0 means the fd is gone. (Closing through the
@@ -180,7 +247,11 @@ printCQE(submitAndWait(ring)[0], "close fd \(fd)")
 // was accepted) and io_uring_wait_cqe still returns 0 (a CQE arrived). The error is the CQE's
 // `res`, a negated errno, exactly what the system call would have put in errno.
 //
-// First, openat of a path that does not exist: a file in a new, empty directory.
+// First, openat of a path that does not exist: a file in a new, empty directory. The kernel
+// first tries it inline, with a lookup that may only use names it has cached (LOOKUP_CACHED).
+// "missing.txt" in a brand-new directory is not cached (not even as "known not to exist"), so
+// finding out needs the filesystem, which may block: the kernel hands the request to an
+// io-wq worker thread, and the worker count printed after it shows the new thread.
 
 guard let missingPath = strdup(makeTempDir("lesson-04") + "/missing.txt") else { fail("strdup: out of memory") }
 let missingSQE = getSQE(ring)
@@ -189,6 +260,7 @@ userData += 1
 io_uring_sqe_set_data64(missingSQE, userData)
 printCQE(submitAndWait(ring)[0], "openat missing.txt")
 free(missingPath)
+print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
 
 // Then a read on the fd we closed in section 5. The kernel looks the fd up when the request
 // is issued, finds nothing and completes it with -EBADF. (In a program with other threads the
@@ -201,6 +273,41 @@ io_uring_prep_read(badSQE, fd, smallBuffer.baseAddress, 16, 0)
 userData += 1
 io_uring_sqe_set_data64(badSQE, userData)
 printCQE(submitAndWait(ring)[0], "read on the closed fd \(fd)")
-smallBuffer.deallocate()
+
+// MARK: - 7. A read that has to wait: parked on a poll
+//
+// A read from a pipe that holds no data cannot be done inline, and it would be a waste to
+// block a worker thread on it. Since 5.7 (IORING_FEAT_FAST_POLL, lesson 01) the kernel instead
+// arms an internal poll on the pipe and returns from the submit with the read still pending.
+// When data arrives the poll fires and the kernel retries the read as "task work" of the
+// thread that submitted it, which runs the next time that thread is in the kernel (on 6.18,
+// here: on the way back from our own write(2) into the pipe, so io_uring_wait_cqe finds the
+// CQE already there and strace shows no wait). So the CQ is still empty when io_uring_submit
+// returns, and 20 ms later, and no new iou-wrk thread has appeared. Meanwhile the request
+// holds the buffer's address: the kernel writes into it long after the submit returned, which
+// is why every buffer stays put until its CQE.
+
+var pipeFDs: [Int32] = [-1, -1]
+guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
+let pipeSQE = getSQE(ring)
+io_uring_prep_read(pipeSQE, pipeFDs[0], smallBuffer.baseAddress, 16, 0)  // a pipe: offset 0 (or -1)
+userData += 1
+io_uring_sqe_set_data64(pipeSQE, userData)
+let pipeSubmitted = io_uring_submit(ring)
+guard pipeSubmitted == 1 else { fail("io_uring_submit returned \(describe(res: pipeSubmitted)), expected 1") }
+let readyAtSubmit = io_uring_cq_ready(ring)
+usleep(20_000)
+print("read 16 bytes from an empty pipe: CQEs in the CQ when io_uring_submit returned: "
+    + "\(readyAtSubmit), 20 ms later: \(io_uring_cq_ready(ring))")
+print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
+let hello = Array("hi\n".utf8)
+guard write(pipeFDs[1], hello, hello.count) == hello.count else { fail("write to the pipe: \(describe(res: -errno))") }
+print("wrote \(quoted(hello)) into the pipe with write(2)")
+let pipeCQE = waitForCQE(ring)
+print("read from the pipe: \(format(pipeCQE))"
+    + (pipeCQE.res > 0 ? " \(quoted(smallBuffer.prefix(Int(pipeCQE.res))))" : ""))
+smallBuffer.deallocate()  // both reads that used it have their CQE
+close(pipeFDs[0])
+close(pipeFDs[1])
 
 destroyRing(ring)

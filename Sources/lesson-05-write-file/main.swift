@@ -59,9 +59,11 @@ func openFile(_ path: String, _ flags: Int32) -> Int32 {
 }
 
 // The bytes of one write, copied to memory the lesson owns. The SQE holds only their address,
-// and the kernel may copy from it at any moment until the CQE arrives (perhaps from one of its
-// worker threads, after io_uring_submit has returned), so they must stay at that address until
-// then: a Swift array passed as `&bytes` is only pinned for one call. Freed after the CQE.
+// and the kernel may copy from it at any moment until the CQE arrives: on 6.18 a buffered
+// write to ext4 or tmpfs always goes to an io-wq worker thread, which runs after
+// io_uring_submit has returned (lesson 04, "Where a request runs"). So they must stay at that
+// address until then: a Swift array passed as `&bytes` is only pinned for one call. Freed
+// after the CQE.
 func allocateBytes(_ text: String) -> UnsafeMutableRawBufferPointer {
     let bytes = Array(text.utf8)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
@@ -127,15 +129,14 @@ close(piecesFD)
 //
 // The position belongs to the open file, and io_uring promises no order among requests in
 // flight together: a request reads the position when it starts and stores the new one when it
-// finishes. write(2) on an open file that is shared (by threads, or after dup or fork) holds
-// the file's position lock, f_pos_lock, from reading the position to storing the new one; an
-// io_uring request takes no such lock. Two -1 writes in flight at once could both start from
-// the same position, and the second would overwrite the first. (Linux 6.18 happens to run
-// writes to one regular file one at a time, so you may never see it; nothing promises that.)
-// So -1 writes must run one after another: either wait for each CQE before submitting the
-// next, or submit them together linked with IOSQE_IO_LINK, which makes the kernel start each
-// only after the one before has completed (lesson 07). We do both, and ask lseek(2) where the
-// position is after each step.
+// finishes, and unlike write(2) it takes no lock around the two (the prose's "Deeper" note).
+// Two -1 writes in flight at once could both start from the same position, and the second
+// would overwrite the first. (Whether you can see that depends on where each write runs,
+// lesson 04; exercise 2 measures it.) So -1 writes must run one after another: either wait
+// for each CQE before submitting the next, or submit them together linked. IOSQE_IO_LINK, an
+// SQE flag (5.3), makes the next SQE wait until this one has completed, and cancels it if this
+// one fails (lesson 07 is about links). We do both, and ask lseek(2) where the position is
+// after each step.
 
 let currentPosition = UInt64(bitPattern: -1)
 let logPath = dir + "/log.txt"
@@ -180,13 +181,11 @@ close(logFD)
 
 // MARK: - 4. O_APPEND: the offset is ignored
 //
-// A file opened with O_APPEND is written at its end, whatever offset the request carries:
-// the kernel moves each write to the end of the file while it holds the inode's lock (i_rwsem,
-// which a write to a regular file takes to find the end and copy the bytes in), so appends
-// from requests in flight together never overwrite each other; only their order is open. This
-// is a different lock from write(2)'s position lock above, and O_APPEND needs no position.
-// pwrite(2) behaves the same on Linux (man 2 pwrite, BUGS). We pass offset 0, which without
-// O_APPEND would overwrite the first line. The first line itself is written with plain
+// A file opened with O_APPEND is written at its end, whatever offset the request carries, so
+// appends from requests in flight together never overwrite each other; only their order is
+// open (the prose's "Deeper" note says which lock makes that so). O_APPEND needs no position.
+// pwrite(2) behaves the same on Linux (man 2 pwrite, BUGS). We pass offset 0, so the file
+// shows whether that offset was obeyed. The first line itself is written with plain
 // write(2), so that the file has something to append to.
 
 let appendPath = dir + "/append.txt"

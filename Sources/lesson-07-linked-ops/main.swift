@@ -6,10 +6,13 @@
 // after this one has completed, and only if it succeeded. A run of linked SQEs is a chain;
 // the first SQE without the flag ends it. If a link fails, every link after it completes with
 // -ECANCELED without running. "Fails" means any unexpected result, so a short read, which is
-// not an error for read(2), breaks a chain too. (What counts as failing is up to each opcode:
-// on Linux 6.18 an fsync, fallocate, mkdirat or unlinkat that fails while running does not
-// break a chain; lesson 12 shows it.) IOSQE_IO_HARDLINK orders the same way but
-// does not care about results: the chain goes on after a failure.
+// not an error for read(2), breaks a chain too. But what counts as failing is decided by each
+// opcode's code in the kernel. On Linux 6.18 these opcodes post their -errno without marking
+// the request failed, so the next link runs anyway: fsync, sync_file_range, fallocate, statx,
+// mkdirat, renameat, linkat, symlinkat, unlinkat (section 6 shows it for fsync; lesson 12
+// meets the others). A request that fails before it even starts (an fd that is not open)
+// breaks the chain whatever its opcode. IOSQE_IO_HARDLINK orders the same way but does not
+// care about results: the chain goes on after a failure.
 //
 // This lesson runs one chain of each kind on a temp file and prints every CQE in the order it
 // arrived, in one submit per chain.
@@ -174,7 +177,41 @@ if let read = hard.last, read.res > 0 {
     print("read back: \(quoted(readBuffer.prefix(Int(read.res))))")
 }
 
-// MARK: - 6. Cleaning up
+// MARK: - 6. Not every failure breaks a chain
+//
+// An fsync of a pipe fails: a pipe cannot be synchronized, and fsync(2) says EINVAL. Linked to
+// a read, with plain IOSQE_IO_LINK, it should cancel the read. On Linux 6.18 it does not: the
+// kernel's fsync code (io_uring/sync.c) stores the -EINVAL as the result but does not mark the
+// request failed, and only a request marked failed breaks a chain. The same holds for
+// sync_file_range, fallocate, statx, mkdirat, renameat, linkat, symlinkat and unlinkat (and
+// madvise, shutdown and the xattr opcodes); reads and writes (short ones too), openat, close,
+// fadvise, splice, tee and timeouts do mark themselves failed. Older kernels marked failed
+// fsyncs too (5.x's io_fsync called req_set_fail_links), so there the read is cancelled: the
+// expected output allows both. So a chain stopping can never be what keeps a program safe:
+// check each CQE.
+
+print("an fsync that fails while it runs (a pipe), linked to a read:")
+var pipeFDs: [Int32] = [-1, -1]
+guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
+
+sqe = getSQE(ring)
+io_uring_prep_fsync(sqe, pipeFDs[0], 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+labels.tag(sqe, "fsync")
+
+sqe = getSQE(ring)
+io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
+labels.tag(sqe, "read")
+
+let notBroken = submitAndPrint(ring, count: 2, labels: labels)
+if let read = notBroken.last {
+    print("the read after the failed fsync: " + (read.res == -ECANCELED ? "cancelled, the chain broke"
+        : "ran, the chain did not break"))
+}
+close(pipeFDs[0])
+close(pipeFDs[1])
+
+// MARK: - 7. Cleaning up
 //
 // Every CQE has arrived, so the kernel is done with the buffers: only now may they be freed.
 

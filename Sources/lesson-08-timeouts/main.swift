@@ -2,7 +2,8 @@
 //
 // io_uring has no "wait at most this long" argument on a read. Time is a request of its own:
 // IORING_OP_TIMEOUT completes when a time has passed (res -ETIME) or, if you give it a count,
-// as soon as that many other CQEs have been posted (res 0), whichever comes first. An
+// as soon as that many other CQEs have been posted (res 0; section 8 shows which CQEs count),
+// whichever comes first. An
 // IORING_OP_LINK_TIMEOUT linked after a request puts a deadline on that one request: if the
 // time runs out first, the kernel cancels the request (-ECANCELED) and the link timeout
 // completes with -ETIME; if the request finishes first, the timeout is cancelled instead
@@ -32,8 +33,8 @@ _ = lessonArguments(usage: "lesson-08-timeouts", max: 0)
 
 // MARK: - 1. A ring, the opcodes, and some bookkeeping
 //
-// TIMEOUT is Linux 5.4, TIMEOUT_REMOVE and LINK_TIMEOUT 5.5; the pipe reads of sections 5 and
-// 6 use IORING_OP_READ (5.6). We ask the kernel rather than guess from its version.
+// TIMEOUT is Linux 5.4, TIMEOUT_REMOVE and LINK_TIMEOUT 5.5; the pipe reads of sections 5, 6
+// and 8 use IORING_OP_READ (5.6). We ask the kernel rather than guess from its version.
 
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK_TIMEOUT,
@@ -110,9 +111,10 @@ timerTime.deallocate()  // its CQE is here: the kernel is done with the timespec
 // MARK: - 3. A completion count: IORING_OP_TIMEOUT with count 3
 //
 // With count N the timeout also watches the CQ: it completes with res 0 as soon as N other
-// CQEs have been posted after it was submitted (timeouts' own CQEs are not counted), or with
-// -ETIME if the time runs out first. We give it a whole second, then three NOPs in the same
-// submit. The NOPs complete at once, their three CQEs meet the count, and the timeout
+// CQEs have been posted after it was submitted, or with -ETIME if the time runs out first.
+// Nearly every CQE counts; the exceptions are the CQEs of timeouts that expired or were
+// completed by their own count (section 8 measures which). We give it a whole second, then
+// three NOPs in the same submit. The NOPs complete at once, their three CQEs meet the count, and the timeout
 // completes with 0 long before its second is up. (The time is only a safety net: if the count
 // were never met it would still end.)
 
@@ -210,13 +212,10 @@ deadline.deallocate()
 // res is the byte count, and the link timeout completes with -ECANCELED: it was cancelled
 // because the request it guarded finished first.
 //
-// This too is a race, and the margin decides it. On 6.18 the timer starts during the submit
-// too, and the read's completion reaches it some microseconds later, inside the same system
-// call: against 50 ms the read wins on any machine. (With a deadline of a few microseconds
-// the timer fires before the read's completion can stop it: the read still returns its
-// bytes, and the link timeout, having found nothing left to cancel, completes with -ENOENT.)
-// The order of the two CQEs is again the kernel's: on 6.18 the read's, then the link
-// timeout's, because the read's completion is what cancels the timer.
+// This too is a race, and the margin decides it: the read has its data at once, the timer
+// has 50 ms, so the read wins on any machine (exercise 2 shrinks the margin). The order of
+// the two CQEs is again the kernel's: on 6.18 the read's, then the link timeout's, because
+// the read's completion is what cancels the timer.
 
 print("the same pair with 6 bytes already in the pipe")
 let ready = Array("ready\n".utf8)
@@ -279,7 +278,75 @@ printCQE(timerCQE, "io_uring_wait_cqe_timeout = \(ret): \(requests.labels[timerC
 longWait.deallocate()
 shortTimer.deallocate()
 
-// MARK: - 8. Cleaning up
+// MARK: - 8. What a completion count counts
+//
+// A count timeout counts the CQEs posted after it, but not every CQE: the kernel keeps a
+// separate tally of timeouts that completed by *firing* (their time ran out) or by *their own
+// count*, and subtracts it (io_uring/timeout.c: cq_timeouts). Every other CQE counts, timeouts'
+// included. Two experiments, each a count timeout with a time limit as a safety net:
+//
+// - count 2: a pending 10 s timer is removed (as in section 4). Two CQEs follow, the remove's
+//   0 and the timer's -ECANCELED. If the cancelled timeout's CQE counts, the count timeout
+//   completes with 0 at once; if not, it waits out its 1 s and completes with -ETIME.
+// - count 2: a read from the empty pipe linked to a 10 ms link timeout (as in section 5). The
+//   read's -ECANCELED and the link timeout's -ETIME follow: the count is met (0) only if the
+//   link timeout's CQE counts.
+// - count 1: a 10 ms timer that expires. Its -ETIME is the only other CQE, so the count
+//   timeout completes with 0 if that CQE counts, and with -ETIME after 100 ms if it does not.
+
+print("what a count counts: IORING_OP_TIMEOUT count 2 (1 s), then remove a pending 10 s timer")
+let pendingTime = makeTimespec(milliseconds: 10_000)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, pendingTime, 0, 0)
+let pendingUserData = requests.tag(sqe, "timeout 10 s")
+requests.submit(ring)
+let countRemoveTime = makeTimespec(milliseconds: 1000)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, countRemoveTime, 2, 0)
+requests.tag(sqe, "timeout count 2")
+sqe = getSQE(ring)
+io_uring_prep_timeout_remove(sqe, pendingUserData, 0)
+requests.tag(sqe, "timeout_remove user_data=\(pendingUserData)")
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 3)
+pendingTime.deallocate()
+countRemoveTime.deallocate()
+
+print("what a count counts: IORING_OP_TIMEOUT count 2 (1 s), then an empty-pipe read with a 10 ms link timeout")
+let countLinkTime = makeTimespec(milliseconds: 1000)
+let shortDeadline = makeTimespec(milliseconds: 10)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, countLinkTime, 2, 0)
+requests.tag(sqe, "timeout count 2")
+sqe = getSQE(ring)
+io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
+io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+requests.tag(sqe, "read")
+sqe = getSQE(ring)
+io_uring_prep_link_timeout(sqe, shortDeadline, 0)
+requests.tag(sqe, "link_timeout 10 ms")
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 3)
+countLinkTime.deallocate()
+shortDeadline.deallocate()
+
+print("what a count counts: IORING_OP_TIMEOUT count 1 (100 ms), then a 10 ms timer that expires")
+let countTimerTime = makeTimespec(milliseconds: 100)
+let expiringTime = makeTimespec(milliseconds: 10)
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, countTimerTime, 1, 0)
+requests.tag(sqe, "timeout count 1")
+sqe = getSQE(ring)
+io_uring_prep_timeout(sqe, expiringTime, 0, 0)
+requests.tag(sqe, "timeout 10 ms")
+started = clock.now
+requests.submit(ring)
+_ = requests.waitAndPrint(ring, count: 2)
+print("the count timeout's CQE arrived \(milliseconds(since: started, clock)) ms after the submit")
+countTimerTime.deallocate()
+expiringTime.deallocate()
+
+// MARK: - 9. Cleaning up
 //
 // Every request has completed, so nothing points into our memory any more.
 

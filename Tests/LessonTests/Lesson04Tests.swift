@@ -2,10 +2,21 @@ import Foundation
 import XCTest
 
 final class Lesson04Tests: XCTestCase {
-    /// The file's bytes, every read's res (16 ×4, the short 4, the 0 at EOF), and -ENOENT and
-    /// -EBADF as CQE results: all in the expected block of lessons/04-read-file.md.
+    /// The file's bytes, every read's res (16 ×4, the short 4, the 0 at EOF), -ENOENT and
+    /// -EBADF as CQE results, and where the requests ran (the reads inline, the missing name's
+    /// openat on an io-wq worker, the empty pipe's read parked on a poll): all in the expected
+    /// block of lessons/04-read-file.md.
     func testReadsTheDefaultFile() throws {
-        try Lesson("04").runAndCompareWithProse()
+        let run = try Lesson("04").runAndCompareWithProse()
+        // The lines that prove where requests run, asserted again in case the block is edited.
+        let lines = run.stdoutLines
+        let workers = "io-wq worker threads (named iou-wrk-*) in this process: "
+        XCTAssert(lines.contains("reads whose CQE was in the CQ when io_uring_submit returned: 6 of 6"), run.transcript)
+        XCTAssertEqual(lines.filter { $0.hasPrefix(workers) }, [workers + "0", workers + "1", workers + "1"],
+                       run.transcript)
+        XCTAssert(lines.contains("read 16 bytes from an empty pipe: CQEs in the CQ when io_uring_submit returned: "
+            + "0, 20 ms later: 0"), run.transcript)
+        XCTAssert(lines.contains("read from the pipe: user_data=11 res=3 flags=0 \"hi\\n\""), run.transcript)
     }
 
     /// A file named on the command line: its text, a short read and the 0 at EOF.

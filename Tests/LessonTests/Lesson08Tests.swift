@@ -3,7 +3,8 @@ import XCTest
 final class Lesson08Tests: XCTestCase {
     /// Every CQE by name in arrival order: the timer's -ETIME, the count's 0 after three NOPs,
     /// the removed timeout's -ECANCELED and the removes' 0 and -ENOENT, both orders of the
-    /// link-timeout race, and wait_cqe_timeout's -ETIME return: lessons/08-timeouts.md.
+    /// link-timeout race, wait_cqe_timeout's -ETIME return, and which CQEs a count counts:
+    /// lessons/08-timeouts.md.
     func testTimeouts() throws {
         let run = try Lesson("08").runAndCompareWithProse()
         let lines = run.stdoutLines
@@ -19,6 +20,11 @@ final class Lesson08Tests: XCTestCase {
             "CQE 1: read: user_data=12 res=6 flags=0",
             "CQE 2: link_timeout 50 ms: user_data=13 res=-ECANCELED (-125) flags=0",
             "io_uring_wait_cqe_timeout = 0: timeout 30 ms: user_data=14 res=-ETIME (-62) flags=0",
+            // What a count counts: a removed timeout's -ECANCELED and a link timeout's CQE do,
+            // an expired timer's does not.
+            "CQE 3: timeout count 2: user_data=16 res=0 flags=0",
+            "CQE 3: timeout count 2: user_data=18 res=0 flags=0",
+            "CQE 2: timeout count 1: user_data=21 res=-ETIME (-62) flags=0",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
@@ -26,6 +32,8 @@ final class Lesson08Tests: XCTestCase {
         XCTAssertGreaterThanOrEqual(try milliseconds(in: lines, after: "it arrived "), 30, run.transcript)
         XCTAssertGreaterThanOrEqual(
             try milliseconds(in: lines, after: "io_uring_wait_cqe_timeout = -ETIME (-62) after "), 20, run.transcript)
+        XCTAssertGreaterThanOrEqual(
+            try milliseconds(in: lines, after: "the count timeout's CQE arrived "), 100, run.transcript)
         XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
     }
 
