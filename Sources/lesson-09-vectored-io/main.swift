@@ -50,8 +50,10 @@ let catBufferSize = 4096
 // their bytes written to standard output, nothing else; the first file that cannot be opened
 // or read ends the lesson with one error line and exit 1 (section 5 says which errors). That
 // is simpler than cat, which reports a bad file and goes on with the next, exiting 1 at the
-// end. Standard input, `-` for cat, is not read here: every request has an explicit offset,
-// which a pipe or a terminal does not have. A file named `-` is still `./-`.
+// end. Every readv here carries an explicit offset, and man 2 io_uring_enter (IORING_OP_READV)
+// says: "If the file is not seekable, off must be set to zero or -1." So the cat reads only
+// files it can seek in (section 5 checks each with lseek), and standard input, `-` for cat,
+// usually a pipe or a terminal, is refused by its name. A file named `-` is still `./-`.
 
 if arguments.contains("-") {
     fail("- (standard input) is not supported: give FILE paths (a file named - is ./-)")
@@ -168,6 +170,13 @@ close(fd)
 // directory opens fine, and it is the readv's CQE that says -EISDIR. Either way the lesson
 // prints one error line and exits 1, having closed the file and freed the buffers.
 //
+// The offsets need a file with a position: man 2 io_uring_enter allows a file that is not
+// seekable only the offset 0 or -1, and every readv of this cat after the first asks for the
+// offset where the last one ended. So each file must answer lseek(fd, 0, SEEK_CUR); a pipe, a FIFO, a socket or a terminal answers
+// ESPIPE (`/dev/stdin` when standard input is a pipe, for one), and the lesson refuses it.
+// (Linux 6.18 is more lenient than the man page: on a pipe it ignores the offset, and a readv
+// at offset 12345 returns the pipe's next bytes. The lesson keeps to what the page promises.)
+//
 // One more check, cat's: `cat f >> f` would read what it has just appended, forever. So if
 // standard output is a regular file and the input is that same file (same device and inode,
 // from fstat(2)), the lesson refuses it, as GNU cat does: "input file is output file".
@@ -183,6 +192,11 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>,
          iovecCount: Int, bufferSize: Int) -> (bytes: UInt64, requests: Int) {
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+    guard lseek(fd, 0, SEEK_CUR) >= 0 else {
+        let reason = describe(res: -errno)
+        close(fd)
+        fail("cannot cat \(path): not seekable (lseek: \(reason)), and every readv here has an explicit offset")
+    }
 
     var input = stat(), output = stat()
     if fstat(fd, &input) == 0, fstat(STDOUT_FILENO, &output) == 0,

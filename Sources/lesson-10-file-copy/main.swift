@@ -185,6 +185,7 @@ struct Slot {
     var have = 0             // bytes read into the buffer so far
     var written = 0          // bytes written from it so far
     var results: [String] = []  // every CQE's res for this block, for the printout
+    var notable = false      // short, failed or left unfinished: always printed
 }
 
 var slots = (0..<queueDepth).map { _ in
@@ -241,8 +242,9 @@ func queueWrite(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, inde
 // go to an io-wq worker thread (section 4), which the loop does not wait for.
 //
 // A negative res stops the copy: no new blocks, no follow-ups, but the loop goes on until
-// every request in flight has completed. Only then may the buffers be freed and the program
-// end with the error.
+// every request in flight has completed (those may fail too). Only then may the buffers be
+// freed and the program end with the error. A block read after that is not written, and a
+// block whose write was short does not get its rest written: the printout says so.
 
 var nextBlock = 0
 var nextOffset: UInt64 = 0            // the first byte no block has taken yet
@@ -258,18 +260,25 @@ var mostUnfinished = 0                // measured: the most requests without a C
 var cqesReaped = 0
 var reads = 0, shortReads = 0, readsAtEOF = 0
 var writes = 0, shortWrites = 0
-var bytesCopied: UInt64 = 0
+var bytesCopied: UInt64 = 0           // bytes of blocks written whole
+var bytesWritten: UInt64 = 0          // every write's res added up, unfinished blocks included
 
 // The printout keeps the first two blocks and the last two, whatever order they finish in,
-// and the block whose request failed first, if one did.
+// and every notable block: one that got a short or failed result, or that the copy left
+// unfinished because it had stopped (after an error, every block in flight is one of those).
 var shownBlocks: [Int: String] = [:]
-var errorBlock: Int? = nil
+var notableBlocks: Set<Int> = []
 
 /// The slot's block is done: file its results for the printout, and make the slot idle.
-func finishBlock(_ slot: inout Slot, _ shown: inout [Int: String], keeping errorBlock: Int?) {
+func finishBlock(_ slot: inout Slot, _ shown: inout [Int: String], _ notable: inout Set<Int>) {
     shown[slot.block] = "block \(slot.block) at offset \(slot.offset): " + slot.results.joined(separator: ", ")
-    let later = shown.keys.filter { $0 >= 2 && $0 != errorBlock }.sorted()  // blocks 0 and 1 stay
-    if later.count > 2 { shown[later[0]] = nil }  // of the others, the two highest stay
+    if slot.notable { notable.insert(slot.block) }
+    // Blocks 0 and 1 stay, and the notable ones; any other block goes once two higher ones
+    // have finished, so the two highest stay.
+    let keys = shown.keys.sorted()
+    for (rank, block) in keys.enumerated() where block >= 2 && !notable.contains(block) && rank < keys.count - 2 {
+        shown[block] = nil
+    }
     slot.step = .idle
 }
 
@@ -284,6 +293,7 @@ while true {
         slots[index].have = 0
         slots[index].written = 0
         slots[index].results = []
+        slots[index].notable = false
         queueRead(ring, &slots[index], index: index, fd: sourceFD)
         readsInFlight += 1
         nextBlock += 1
@@ -336,11 +346,11 @@ while true {
         let at = slots[index].offset + UInt64(slots[index].have)
         if res < 0 {
             slots[index].results.append("read res=\(describe(res: res))")
+            slots[index].notable = true
             if firstError == nil {
                 firstError = "read of \(asked) bytes at offset \(at) of SRC completed with res=\(describe(res: res))"
-                errorBlock = slots[index].block
             }
-            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
+            finishBlock(&slots[index], &shownBlocks, &notableBlocks)
             continue
         }
         if res == 0 {
@@ -355,6 +365,7 @@ while true {
                 // A short read: fewer bytes than asked, and not the end (that is res 0).
                 // Ask again for the rest, into the rest of the same buffer.
                 slots[index].results.append("read res=\(res) (short, of \(asked))")
+                slots[index].notable = true
                 shortReads += 1
                 queueRead(ring, &slots[index], index: index, fd: sourceFD)
                 readsInFlight += 1
@@ -366,7 +377,12 @@ while true {
             queueWrite(ring, &slots[index], index: index, fd: copyFD)
             writesInFlight += 1
         } else {
-            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
+            if slots[index].have > 0 {
+                // Read, but the copy stopped (an error came in) before its write was queued.
+                slots[index].results.append("not written (the copy had stopped)")
+                slots[index].notable = true
+            }
+            finishBlock(&slots[index], &shownBlocks, &notableBlocks)
         }
 
     case .writing:
@@ -378,30 +394,34 @@ while true {
             // A write of at least one byte that writes nothing would loop forever; -errno is
             // the usual answer (-ENOSPC: the disk is full, -EFBIG: a file size limit).
             slots[index].results.append("write res=\(describe(res: res))")
+            slots[index].notable = true
             if firstError == nil {
                 firstError = "write of \(asked) bytes at offset \(at) of DST completed with res=\(describe(res: res))"
-                errorBlock = slots[index].block
             }
-            finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
+            finishBlock(&slots[index], &shownBlocks, &notableBlocks)
             continue
         }
         slots[index].written += Int(res)
+        bytesWritten += UInt64(res)
         if slots[index].written < slots[index].have {
             // A short write: on a regular file it means the disk just filled up, or a file
-            // size limit was reached; the write of the rest says which.
+            // size limit was reached; the write of the rest says which (if the copy has not
+            // stopped by then).
             slots[index].results.append("write res=\(res) (short, of \(asked))")
+            slots[index].notable = true
             shortWrites += 1
             if firstError == nil {
                 queueWrite(ring, &slots[index], index: index, fd: copyFD)
                 writesInFlight += 1
             } else {
-                finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
+                slots[index].results.append("rest not written (the copy had stopped)")
+                finishBlock(&slots[index], &shownBlocks, &notableBlocks)
             }
             continue
         }
         slots[index].results.append("write res=\(res)")
         bytesCopied += UInt64(slots[index].have)
-        finishBlock(&slots[index], &shownBlocks, keeping: errorBlock)
+        finishBlock(&slots[index], &shownBlocks, &notableBlocks)
 
     case .idle:
         fail("a CQE for slot \(index), which had no request in flight: \(format(cqe))")
@@ -417,8 +437,11 @@ destroyRing(ring)
 // MARK: - 6. What the kernel answered
 //
 // The first and last blocks with the res of every CQE they got (a block that needed a second
-// read or write shows both), then the totals. After an error too: then the failed request's
-// block shows its -errno, and the error line follows the totals.
+// read or write shows both), and every block with a short or failed result, then the totals.
+// After an error too: then every block the copy had taken is shown, each with its -errno or
+// `not written`, and the error line, for the failure reaped first, follows the totals.
+// (Which failure is reaped first can vary: with `ulimit -f`, the write of the next block,
+// queued before the rest of the short one, usually fails first; the prose shows both.)
 
 var previous = -1
 for block in shownBlocks.keys.sorted() {
@@ -434,7 +457,13 @@ if let firstReap {
     print("  first reap: \(plural(firstReap.waiting, "CQE")) waiting, of \(plural(firstReap.inFlight, "request")) in flight")
 }
 print("  reaps that found requests still without a CQE: \(reapsWithUnfinished), at most \(mostUnfinished) at once")
-print("copied: \(bytesCopied) bytes")
+if bytesWritten == bytesCopied {
+    print("copied: \(bytesCopied) bytes")
+} else {
+    // After an error: the blocks written whole, and all that the writes put in DST, which
+    // includes the part of a block whose write was short.
+    print("copied: \(bytesCopied) bytes in whole blocks; written: \(bytesWritten) bytes in all")
+}
 if let firstError { fail(firstError) }
 
 // MARK: - 7. Checking the copy

@@ -201,7 +201,11 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
 // (SPLICE_F_FD_IN_FIXED makes fd_in a registered-file index, lesson 13); we need none.
 //
 // Notice what these SQEs do not contain: a buffer. The data never passes through our memory,
-// so the only thing of ours that must stay put until the CQE is the ring itself.
+// so no buffer of ours has to stay put. The fds do: an SQE names fd_in and fd_out by number,
+// and the worker that runs the splice looks them up only when it starts it. An fd closed
+// before that makes the request fail with -EBADF, or, if an open has reused the number, act
+// on another file (both seen on Linux 6.18 in a C experiment that closed an fd right after
+// the submit). So every fd stays open until the last CQE is in (section 7).
 
 print("splice source -> pipe A, tee pipe A -> pipe B, then each pipe -> its own file:")
 var offset = 0
@@ -393,8 +397,9 @@ for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] {
 
 // MARK: - 7. Cleaning up
 //
-// Every request has completed, so nothing in the kernel refers to these fds any more. Closing
-// both ends of each pipe frees its buffers (and the page references they held).
+// Every request has completed (its CQE is in), so no request will look these fds up any more:
+// now they may be closed. Closing both ends of each pipe frees its buffers (and the page
+// references they held).
 
 for pipe in [pipeA, pipeB, pipeC] {
     close(pipe.read)

@@ -225,10 +225,10 @@ for name in [dirName, tmpName] {
 // A linked request's SQE is filled in before anything runs, so it can only name an fd we
 // already know. The fd of a file we are about to create arrives in openat's CQE, too late
 // for the SQEs after it. So the openat goes alone, and the chain that uses its fd follows.
-// (io_uring_prep_openat_direct, the subject of a later lesson (30, coming), removes this
-// break: it puts the new file into a slot of a registered file table that we choose in
-// advance, and the later links name that slot with IOSQE_FIXED_FILE. With plain fds, one
-// openat and then one chain is the honest shape.)
+// (io_uring_prep_openat_direct, the subject of a later lesson, removes this break: it puts
+// the new file into a slot of a registered file table that we choose in advance, and the
+// later links name that slot with IOSQE_FIXED_FILE. With plain fds, one openat and then one
+// chain is the honest shape.)
 //
 // O_EXCL makes the openat fail with -EEXIST if the name was taken after all (section 6): a
 // file it does create is certainly ours, which the cleanup relies on.
@@ -259,15 +259,19 @@ let fd = results[openID] ?? -1
 //   symlinkat        uring-os/symlink.bin -> data.bin (a relative target)
 //
 // Which failures break a chain? `man 2 io_uring_enter` says any request that "ends in error".
-// On the Linux 6.18 this lab was written on, that holds for openat, read, write, close and
-// fadvise, but not for fallocate, sync_file_range, fsync, statx, mkdirat, renameat, linkat,
-// symlinkat and unlinkat: they post their -errno and the next link runs anyway (unless the
-// failure comes before the request starts, such as an fd that is not open). So a chain
-// stopping must never be what keeps you safe: section 6 made sure every name is new, every
-// request that creates a name refuses to replace one, and the cleanup goes by each CQE, not
-// by the plan. A failure that does break the chain: run the lesson under
-// `ulimit -f 0` (no file may grow), the write fails with -EFBIG and the ten links after it
-// complete with -ECANCELED.
+// On the Linux 6.18 this lab was written on, that holds for openat, read, write, readv,
+// writev, close, fadvise, splice and tee, but not for fallocate, sync_file_range, fsync,
+// statx, mkdirat, renameat, linkat, symlinkat and unlinkat: they post their -errno and the
+// next link runs anyway. What decides is when the request fails. A request that works on an
+// open file (write, fallocate, fsync, ...) has that file's fd looked up by io_uring before it
+// starts, and a failure there breaks the chain whatever the opcode (fallocate on fd 999:
+// -EBADF, the next link cancelled); the same -EBADF from inside the request (fallocate on a
+// read-only fd, refused by the file system) leaves the chain whole. The prose's Kernel
+// section says how this was measured; exercise 4 tries it. So a chain stopping must never be
+// what keeps you safe: section 6 made sure every name is new, every request that creates a
+// name refuses to replace one, and the cleanup goes by each CQE, not by the plan. A failure
+// that does break the chain: run the lesson under `ulimit -f 0` (no file may grow), the
+// write fails with -EFBIG and the ten links after it complete with -ECANCELED.
 //
 // statx writes its answer into a `struct statx` of ours (from linux/stat.h, which the CLiburing
 // shim includes), at whatever moment the request runs: like any buffer the kernel writes, it

@@ -85,6 +85,60 @@ final class Lesson09Tests: XCTestCase {
         XCTAssertEqual(run.stdout, "", run.transcript)
     }
 
+    /// Every readv has an explicit offset, which man 2 io_uring_enter allows a file that is not
+    /// seekable only as 0 or -1: /dev/stdin on a pipe answers lseek with ESPIPE and is refused
+    /// before any readv (Linux 6.18 would have ignored the offset and read it).
+    func testRefusesAPipe() throws {
+        let lesson = try Lesson("09")
+        let process = Process()
+        process.executableURL = lesson.executable
+        process.arguments = ["/dev/stdin"]
+        let input = Pipe(), out = Pipe(), err = Pipe()
+        process.standardInput = input
+        process.standardOutput = out
+        process.standardError = err
+        // Written and closed before the run: the bytes wait in the pipe, and no write can meet
+        // a reader that has already gone (SIGPIPE).
+        input.fileHandleForWriting.write(Data("hello through a pipe\n".utf8))
+        try input.fileHandleForWriting.close()
+        try process.run()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let transcript = "exit \(process.terminationStatus)\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)"
+        if process.terminationStatus == 77 { throw XCTSkip(transcript) }
+        XCTAssertEqual(process.terminationStatus, 1, transcript)
+        XCTAssertEqual(stderr, "error: cannot cat /dev/stdin: not seekable (lseek: -ESPIPE (-29)), "
+            + "and every readv here has an explicit offset\n", transcript)
+        XCTAssertEqual(stdout, "", transcript)
+    }
+
+    /// Standard input that is a regular file is seekable: /dev/stdin reopens the file, and the
+    /// cat reads it like any other.
+    func testStandardInputFromAFile() throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = sampleText(lines: 700, tag: "stdin")
+        let file = dir.appendingPathComponent("input.txt")
+        try Data(text.utf8).write(to: file)
+        let lesson = try Lesson("09")
+        let process = Process()
+        process.executableURL = lesson.executable
+        process.arguments = ["/dev/stdin"]
+        let out = Pipe(), err = Pipe()
+        process.standardInput = try FileHandle(forReadingFrom: file)
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        if process.terminationStatus == 77 { throw XCTSkip(stderr) }
+        XCTAssertEqual(process.terminationStatus, 0, stderr)
+        XCTAssertEqual(stderr, "")
+        XCTAssertEqual(Array(stdout), Array(text.utf8), "cat of /dev/stdin differs from the file")
+    }
+
     /// The harness sends standard output to a regular file; /dev/stdout opens that same file,
     /// so reading it would be `cat f >> f`. Refused, as GNU cat does.
     func testInputIsOutput() throws {
