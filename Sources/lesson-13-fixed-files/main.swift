@@ -227,8 +227,9 @@ print("io_uring_unregister_files again = \(describe(res: io_uring_unregister_fil
 // Every slot starts empty, so the first read through one is the -EBADF of section 4: the
 // failure a learner meets first, when a slot was never filled (or the update failed unseen).
 
-let sparse = io_uring_register_files_sparse(ring, 4)
-print("io_uring_register_files_sparse(4) = \(describe(res: sparse))")
+let sparseSlots: UInt32 = 4
+let sparse = io_uring_register_files_sparse(ring, sparseSlots)
+print("io_uring_register_files_sparse(\(sparseSlots)) = \(describe(res: sparse))")
 if sparse == 0 {
     printFileTable(ring)
     readSlot(ring, 0, " (never filled)", &userData)
@@ -238,12 +239,16 @@ if sparse == 0 {
     print("close(\(apple)) = \(close(apple))")
     readSlot(ring, 3, " (filled)", &userData)
     print("io_uring_unregister_files = \(describe(res: io_uring_unregister_files(ring)))")
-} else {
+} else if sparse == -EINVAL {
     // A kernel before 5.19 rejects the sparse flag (IORING_REGISTER_FILES2 with
     // IORING_RSRC_REGISTER_SPARSE) with -EINVAL. Since 5.5 the same table can be had by
     // registering an array of -1s with io_uring_register_files.
     print("no sparse tables here (Linux 5.19); io_uring_register_files with an array of -1s "
         + "gives empty slots on Linux 5.5 and later")
+} else {
+    // Any other error is not about the kernel's age, and we report it as the kernel gave it:
+    // -EMFILE, for one, says the table has more slots than this process's soft RLIMIT_NOFILE.
+    fail("io_uring_register_files_sparse(\(sparseSlots)) returned \(describe(res: sparse))")
 }
 
 destroyRing(ring)

@@ -80,9 +80,11 @@ func pinned() -> String {
 //
 // A process without CAP_IPC_LOCK has those pages charged against RLIMIT_MEMLOCK (`ulimit -l`);
 // over the limit, registering fails with -ENOMEM. The count is kept per user, not per process,
-// the ring's own memory is charged to it too, and a finished process's share is given back a
-// moment after it exits (exercise 2). Kernels before 5.16 had a default limit of only 64 KiB,
-// so there it bit almost everyone. Root has CAP_IPC_LOCK and is not charged.
+// the ring's own memory is charged to it too (Linux 6.14 and later, as it was in 5.1 to 5.11;
+// not in 5.12 to 6.13), and a finished process's share is given back a moment after it exits
+// (exercise 2). The kernel's default limit was only 64 KiB before 5.16 (8 MiB since, commit
+// 9dcc38e2813e), so there it bit almost everyone; systemd, PAM and container runtimes set their
+// own, so `ulimit -l` is what counts. Root has CAP_IPC_LOCK and is not charged.
 //
 // A ring has one buffer table. Registering again while it exists is -EBUSY.
 
@@ -169,6 +171,8 @@ _ = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: 0, length: 16
 
 // A buf_index past the end of the table finds no buffer. Linux answers that with -EFAULT as
 // well: to the kernel it is the same mistake, memory the request says is registered and is not.
+// (man 2 io_uring_enter lists EINVAL for an invalid buf_index; the kernel has said -EFAULT since
+// 5.1.)
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: 0, length: 16,
             fileOffset: 0, index: Int32(buffers.count), note: " (the table has \(buffers.count))", &userData)
 

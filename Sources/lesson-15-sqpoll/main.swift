@@ -116,7 +116,7 @@ func sqFlags(_ ring: UnsafeMutablePointer<io_uring>) -> UInt32 {
 func describe(sqFlags flags: UInt32) -> String {
     let known: [(UInt32, String)] = [
         (IORING_SQ_NEED_WAKEUP, "NEED_WAKEUP"),  // 5.1: the SQ thread sleeps; wake it to submit
-        (IORING_SQ_CQ_OVERFLOW, "CQ_OVERFLOW"),  // 5.5: completions wait in the overflow list (a later lesson)
+        (IORING_SQ_CQ_OVERFLOW, "CQ_OVERFLOW"),  // 5.8: completions wait in the overflow list (lesson 06)
         (IORING_SQ_TASKRUN, "TASKRUN"),          // 5.19: task work waits (with IORING_SETUP_TASKRUN_FLAG)
     ]
     let names = known.filter { flags & $0.0 != 0 }.map(\.1)
@@ -320,7 +320,7 @@ func fdinfoValue(_ ring: UnsafeMutablePointer<io_uring>, _ field: String) -> Str
     return nil
 }
 
-/// The CPUs a thread of ours (a tid, or "self" for the main thread) may run on: `0-1`.
+/// The CPUs a thread of ours (a tid, or "self" for the main thread) may run on: `0-1` here.
 func allowedCPUs(_ thread: String) -> String {
     let path = thread == "self" ? "/proc/self/status" : "/proc/self/task/\(thread)/status"
     guard let text = readText(path) else { return "?" }

@@ -243,7 +243,8 @@ printCQE(pollRead(pollRing, fd: bufferFD, into: base, userData: 6), "buffered fd
 // for polling (REQ_POLLED). A disk with poll queues takes it on one of them; it completes
 // without an interrupt, and io_uring_wait_cqe's io_uring_enter finds it by spinning: res is the
 // byte count. A disk without poll queues cannot do that, and on Linux 6.18 the block layer
-// refuses the request: -EOPNOTSUPP. A file with no disk at all (tmpfs) has nothing to poll, and
+// refuses the request: -EOPNOTSUPP (twice, in fact: io_uring retries the read on an io-wq
+// worker first, and the worker hands the failure back to this thread; the prose traces it). A file with no disk at all (tmpfs) has nothing to poll, and
 // io_uring refuses the read itself, with the same -EOPNOTSUPP.
 //
 // We print the CQE and then say which of these happened, from the CQE and the io_poll setting
