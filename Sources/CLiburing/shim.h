@@ -6,8 +6,8 @@
 //    on a clean build. Including the glibc headers first, with the default feature macros,
 //    fixes their shape before liburing.h gets a say.
 // 2. A few liburing names are macros Swift cannot import (IOSQE_* are shifts of enum
-//    constants). They get plain constants below, with the same name plus a LAB_ prefix
-//    removed in Swift by LabSupport, and nothing more.
+//    constants). They become plain constants of the same names below, and nothing more.
+//    One glibc declaration joins them.
 #ifndef LAB_CLIBURING_SHIM_H
 #define LAB_CLIBURING_SHIM_H
 
@@ -21,14 +21,24 @@
 
 #include <liburing.h>
 
-// SQE flags (man 2 io_uring_enter, "sqe->flags"). In liburing these are macros of the form
-// (1U << IOSQE_IO_LINK_BIT), which Swift does not import.
-static const __u8 LAB_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE;
-static const __u8 LAB_IOSQE_IO_DRAIN = IOSQE_IO_DRAIN;
-static const __u8 LAB_IOSQE_IO_LINK = IOSQE_IO_LINK;
-static const __u8 LAB_IOSQE_IO_HARDLINK = IOSQE_IO_HARDLINK;
-static const __u8 LAB_IOSQE_ASYNC = IOSQE_ASYNC;
-static const __u8 LAB_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
-static const __u8 LAB_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS;
+// glibc 2.32's errno names ("ENOENT" for 2); string.h declares it only under _GNU_SOURCE.
+extern const char *strerrorname_np(int errnum);
+
+// SQE flags (man 2 io_uring_enter, "sqe->flags"): liburing's are macros, (1U << IOSQE_IO_LINK_BIT),
+// which Swift cannot import. The same names, as constants of the type io_uring_sqe_set_flags takes.
+#undef IOSQE_FIXED_FILE
+static const unsigned IOSQE_FIXED_FILE = 1U << IOSQE_FIXED_FILE_BIT;
+#undef IOSQE_IO_DRAIN
+static const unsigned IOSQE_IO_DRAIN = 1U << IOSQE_IO_DRAIN_BIT;
+#undef IOSQE_IO_LINK
+static const unsigned IOSQE_IO_LINK = 1U << IOSQE_IO_LINK_BIT;
+#undef IOSQE_IO_HARDLINK
+static const unsigned IOSQE_IO_HARDLINK = 1U << IOSQE_IO_HARDLINK_BIT;
+#undef IOSQE_ASYNC
+static const unsigned IOSQE_ASYNC = 1U << IOSQE_ASYNC_BIT;
+#undef IOSQE_BUFFER_SELECT
+static const unsigned IOSQE_BUFFER_SELECT = 1U << IOSQE_BUFFER_SELECT_BIT;
+#undef IOSQE_CQE_SKIP_SUCCESS
+static const unsigned IOSQE_CQE_SKIP_SUCCESS = 1U << IOSQE_CQE_SKIP_SUCCESS_BIT;
 
 #endif

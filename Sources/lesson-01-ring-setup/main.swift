@@ -31,7 +31,7 @@ _ = lessonArguments(usage: "lesson-01-ring-setup", max: 0)
 // kernels before 5.1 have no io_uring at all (-ENOSYS). Every lesson checks setup's result
 // and says which of these it met, then exits 77 (skipped). Here we just look at the setting.
 
-switch readSysctl("/proc/sys/kernel/io_uring_disabled") {
+switch readLines("/proc/sys/kernel/io_uring_disabled")?.first {
 case nil: print("kernel.io_uring_disabled: not present (a kernel before 6.6 has no such switch)")
 case "0": print("kernel.io_uring_disabled = 0: every process may create rings")
 case let value?: print("kernel.io_uring_disabled = \(value): io_uring is restricted on this machine")
@@ -52,7 +52,7 @@ case let value?: print("kernel.io_uring_disabled = \(value): io_uring is restric
 // more fields); the kernel writes back the sizes it granted, the `features` it has, and the
 // offsets liburing used to mmap the rings. Its other fields must be zero.
 
-let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+let ring = Ring.allocate(capacity: 1)
 ring.initialize(to: io_uring())
 var params = io_uring_params()
 
@@ -132,7 +132,7 @@ print("SQ index array after setup: array[0...\(params.sq_entries - 1)] = " + ind
 //                     (it waits in io_uring_enter only if not).
 //   io_uring_cqe_seen stores CQ head + 1: the slot is the kernel's again.
 
-func counters(_ ring: UnsafeMutablePointer<io_uring>) -> String {
+func counters(_ ring: Ring) -> String {
     "SQ head=\(ring.pointee.sq.khead.pointee) tail=\(ring.pointee.sq.ktail.pointee)  "
         + "CQ head=\(ring.pointee.cq.khead.pointee) tail=\(ring.pointee.cq.ktail.pointee)"
 }
@@ -203,7 +203,7 @@ ring.deallocate()
 // `tryRing` creates a ring, reports what was granted (or the error), and tears it down again.
 
 func tryRing(_ entries: UInt32, flags: UInt32 = 0, cqEntries: UInt32 = 0) -> String {
-    let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+    let ring = Ring.allocate(capacity: 1)
     ring.initialize(to: io_uring())
     defer { ring.deallocate() }
     var params = io_uring_params()

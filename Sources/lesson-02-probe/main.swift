@@ -12,11 +12,7 @@
 // man 3 io_uring_opcode_supported, man 3 io_uring_free_probe. (io_uring_get_probe_ring has no
 // man page in liburing 2.3: it is declared in liburing.h, beside io_uring_get_probe.)
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 

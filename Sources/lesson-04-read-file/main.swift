@@ -23,11 +23,7 @@
 // Read next: man 3 io_uring_prep_openat, man 3 io_uring_prep_read, man 3 io_uring_prep_close,
 // man 2 io_uring_enter ("IORING_OP_READ").
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -60,7 +56,7 @@ requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
 /// ran *inline*: the kernel did it during the submit's io_uring_enter(2), before returning.
 /// 0 means it was still running somewhere (parked on a poll, or on an io-wq worker) when
 /// submit returned: the kernel may touch its buffer after that.
-func submitWaitAndLook(_ ring: UnsafeMutablePointer<io_uring>) -> (cqe: io_uring_cqe, doneAtSubmit: Bool) {
+func submitWaitAndLook(_ ring: Ring) -> (cqe: io_uring_cqe, doneAtSubmit: Bool) {
     let submitted = io_uring_submit(ring)
     guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted)), expected 1") }
     let doneAtSubmit = io_uring_cq_ready(ring) > 0
@@ -68,7 +64,7 @@ func submitWaitAndLook(_ ring: UnsafeMutablePointer<io_uring>) -> (cqe: io_uring
 }
 
 /// io_uring_wait_cqe, a copy of the CQE, io_uring_cqe_seen (lesson 03).
-func waitForCQE(_ ring: UnsafeMutablePointer<io_uring>) -> io_uring_cqe {
+func waitForCQE(_ ring: Ring) -> io_uring_cqe {
     var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
     let ret = io_uring_wait_cqe(ring, &cqePointer)
     guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
@@ -126,7 +122,8 @@ let openSQE = getSQE(ring)
 io_uring_prep_openat(openSQE, AT_FDCWD, cPath, O_RDONLY, 0)
 userData += 1
 io_uring_sqe_set_data64(openSQE, userData)
-let openCQE = submitAndWait(ring)[0]
+checkSubmit(io_uring_submit(ring), 1)
+let openCQE = waitCQE(ring)
 free(cPath)  // the CQE is here: the kernel is done with the path
 
 // On success `res` is the new file descriptor (its number varies, so the expected output in
@@ -239,7 +236,8 @@ let closeSQE = getSQE(ring)
 io_uring_prep_close(closeSQE, fd)
 userData += 1
 io_uring_sqe_set_data64(closeSQE, userData)
-printCQE(submitAndWait(ring)[0], "close fd \(fd)")
+checkSubmit(io_uring_submit(ring), 1)
+printCQE(waitCQE(ring), "close fd \(fd)")
 
 // MARK: - 6. Failures are results
 //
@@ -258,7 +256,8 @@ let missingSQE = getSQE(ring)
 io_uring_prep_openat(missingSQE, AT_FDCWD, missingPath, O_RDONLY, 0)
 userData += 1
 io_uring_sqe_set_data64(missingSQE, userData)
-printCQE(submitAndWait(ring)[0], "openat missing.txt")
+checkSubmit(io_uring_submit(ring), 1)
+printCQE(waitCQE(ring), "openat missing.txt")
 free(missingPath)
 print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
 
@@ -272,7 +271,8 @@ let badSQE = getSQE(ring)
 io_uring_prep_read(badSQE, fd, smallBuffer.baseAddress, 16, 0)
 userData += 1
 io_uring_sqe_set_data64(badSQE, userData)
-printCQE(submitAndWait(ring)[0], "read on the closed fd \(fd)")
+checkSubmit(io_uring_submit(ring), 1)
+printCQE(waitCQE(ring), "read on the closed fd \(fd)")
 
 // MARK: - 7. A read that has to wait: parked on a poll
 //

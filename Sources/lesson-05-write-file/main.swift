@@ -18,11 +18,7 @@
 // Read next: man 3 io_uring_prep_write, man 2 io_uring_enter ("IORING_OP_WRITE"),
 // man 2 io_uring_setup ("IORING_FEAT_RW_CUR_POS"), man 2 pwrite ("BUGS": O_APPEND).
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -114,7 +110,8 @@ for (text, offset) in [("world\n", UInt64(6)), ("hello ", UInt64(0))] {
     io_uring_prep_write(sqe, piecesFD, buffer.baseAddress, UInt32(buffer.count), offset)
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
-    let cqe = submitAndWait(ring, count: 1)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     buffer.deallocate()  // the CQE is here: the kernel is done with these bytes
     printCQE(cqe, "write \(quoted(text.utf8)) at offset \(offset)")
     printContents(piecesPath)
@@ -149,7 +146,8 @@ for text in ["first\n", "second\n"] {
     io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
-    let cqe = submitAndWait(ring, count: 1)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     buffer.deallocate()
     printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
     print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
@@ -165,11 +163,12 @@ for (index, buffer) in buffers.enumerated() {
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
     // The link flag goes on every SQE but the last: "the next one waits for me".
-    if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK)) }
+    if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK) }
 }
 // Both buffers stay allocated until both CQEs are in. Linked, the CQEs arrive in order:
 // the second write does not start before the first has completed.
-let cqes = submitAndWait(ring, count: buffers.count)
+checkSubmit(io_uring_submit(ring), buffers.count)
+let cqes = buffers.map { _ in waitCQE(ring) }
 for buffer in buffers { buffer.deallocate() }
 for cqe in cqes {
     let text = texts[Int(cqe.user_data - firstUserData)]  // user_data says which SQE this is
@@ -202,7 +201,8 @@ for text in ["line 2\n", "line 3\n"] {
     io_uring_prep_write(sqe, appendFD, buffer.baseAddress, UInt32(buffer.count), 0)
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
-    let cqe = submitAndWait(ring, count: 1)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     buffer.deallocate()
     printCQE(cqe, "write \(quoted(text.utf8)) at offset 0")
 }

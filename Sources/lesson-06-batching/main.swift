@@ -80,7 +80,7 @@ print("io_uring_submit = \(firstSubmit); now io_uring_sq_space_left = \(io_uring
 var cqes = [UnsafeMutablePointer<io_uring_cqe>?](repeating: nil, count: cqEntries)
 
 /// Reap every CQE that is ready, calling `body` with a copy of each, and return how many.
-func reapReady(_ ring: UnsafeMutablePointer<io_uring>, into cqes: inout [UnsafeMutablePointer<io_uring_cqe>?],
+func reapReady(_ ring: Ring, into cqes: inout [UnsafeMutablePointer<io_uring_cqe>?],
                _ body: (io_uring_cqe) -> Void) -> Int {
     let count = Int(io_uring_peek_batch_cqe(ring, &cqes, UInt32(cqes.count)))
     for index in 0..<count {

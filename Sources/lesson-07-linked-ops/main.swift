@@ -20,11 +20,7 @@
 // Read next: man 3 io_uring_sqe_set_flags, man 2 io_uring_enter (IOSQE_IO_LINK,
 // IOSQE_IO_HARDLINK), man 3 io_uring_prep_fsync.
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -70,7 +66,7 @@ let labels = RequestLabels()
 
 /// Submit the prepared chain with one io_uring_submit, wait for `count` CQEs, and print them
 /// in the order they arrived. Returns copies of the CQEs in that order.
-func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: RequestLabels) -> [io_uring_cqe] {
+func submitAndPrint(_ ring: Ring, count: Int, labels: RequestLabels) -> [io_uring_cqe] {
     let submitted = io_uring_submit(ring)
     print("io_uring_submit = \(describe(res: submitted))")
     guard submitted == count else { fail("expected to submit \(count) SQEs") }
@@ -87,12 +83,12 @@ func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: 
 print("write -> fsync -> read, linked with IOSQE_IO_LINK:")
 var sqe = getSQE(ring)
 io_uring_prep_write(sqe, readWrite, writeBuffer.baseAddress, UInt32(text.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readWrite, 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
@@ -113,12 +109,12 @@ if let read = ordered.last, read.res > 0 {
 print("the same chain, writing through a read-only fd:")
 sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
@@ -137,7 +133,7 @@ _ = submitAndPrint(ring, count: 3, labels: labels)
 print("a read asking for more than the file holds, linked to a write:")
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "read 4096")
 
 sqe = getSQE(ring)
@@ -160,12 +156,12 @@ print("file size after: \(info.st_size) bytes")
 print("the failing chain with IOSQE_IO_HARDLINK:")
 sqe = getSQE(ring)
 io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
 labels.tag(sqe, "write")
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, readOnly, 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
 labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)
@@ -196,7 +192,7 @@ guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 
 sqe = getSQE(ring)
 io_uring_prep_fsync(sqe, pipeFDs[0], 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 labels.tag(sqe, "fsync")
 
 sqe = getSQE(ring)

@@ -21,11 +21,7 @@
 // IORING_OP_LINK_TIMEOUT, IORING_OP_TIMEOUT_REMOVE; liburing 2.3 has no page of its own for
 // io_uring_prep_link_timeout).
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -55,7 +51,7 @@ struct Requests {
     }
 
     /// io_uring_submit, checking that the kernel took every queued SQE, and saying which.
-    mutating func submit(_ ring: UnsafeMutablePointer<io_uring>) {
+    mutating func submit(_ ring: Ring) {
         let submitted = io_uring_submit(ring)
         print("io_uring_submit = \(describe(res: submitted)): " + queued.joined(separator: ", "))
         guard submitted == queued.count else { fail("expected to submit \(queued.count) SQEs") }
@@ -63,7 +59,7 @@ struct Requests {
     }
 
     /// Wait for `count` CQEs and print them, by name, in the order they arrived. Returns copies.
-    func waitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> [io_uring_cqe] {
+    func waitAndPrint(_ ring: Ring, count: Int) -> [io_uring_cqe] {
         LabSupport.waitAndPrint(ring, count: count, labels: labels)
     }
 }
@@ -196,7 +192,7 @@ print("a read from an empty pipe, linked to an IORING_OP_LINK_TIMEOUT of 50 ms")
 let deadline = makeTimespec(milliseconds: 50)
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 requests.tag(sqe, "read")
 sqe = getSQE(ring)
 io_uring_prep_link_timeout(sqe, deadline, 0)
@@ -225,7 +221,7 @@ guard write(pipeWrite, ready, ready.count) == ready.count else {
 let deadline2 = makeTimespec(milliseconds: 50)
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 let readUserData = requests.tag(sqe, "read")
 sqe = getSQE(ring)
 io_uring_prep_link_timeout(sqe, deadline2, 0)
@@ -320,7 +316,7 @@ io_uring_prep_timeout(sqe, countLinkTime, 2, 0)
 requests.tag(sqe, "timeout count 2")
 sqe = getSQE(ring)
 io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
 requests.tag(sqe, "read")
 sqe = getSQE(ring)
 io_uring_prep_link_timeout(sqe, shortDeadline, 0)

@@ -18,11 +18,7 @@
 // Read next: man 3 io_uring_prep_readv, man 3 io_uring_prep_writev, man 2 readv,
 // man 2 io_uring_enter (IORING_OP_READV).
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -103,7 +99,8 @@ for index in 0..<parts.count {
 var sqe = getSQE(ring)
 io_uring_prep_writev(sqe, fd, gather, UInt32(parts.count), 0)
 io_uring_sqe_set_data64(sqe, 1)
-printCQE(submitAndWait(ring)[0], "writev")
+checkSubmit(io_uring_submit(ring), 1)
+printCQE(waitCQE(ring), "writev")
 
 // The CQE is here: the kernel is done with the array and the buffers.
 for index in 0..<parts.count {
@@ -132,7 +129,8 @@ print("readv: \(sizes.count) iovecs of " + sizes.map(String.init).joined(separat
 sqe = getSQE(ring)
 io_uring_prep_readv(sqe, fd, scatter, UInt32(sizes.count), 0)
 io_uring_sqe_set_data64(sqe, 2)
-let readvCQE = submitAndWait(ring)[0]
+checkSubmit(io_uring_submit(ring), 1)
+let readvCQE = waitCQE(ring)
 printCQE(readvCQE, "readv")
 guard readvCQE.res >= 0 else { fail("readv completed with res=\(describe(res: readvCQE.res))") }
 
@@ -188,7 +186,7 @@ close(fd)
 /// Copy the file at `path` to standard output through readv, `iovecCount` iovecs of `bufferSize`
 /// bytes per request. Returns the number of bytes and of readv requests (the last one being
 /// the read that returned 0).
-func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>,
+func cat(_ path: String, _ ring: Ring,
          iovecCount: Int, bufferSize: Int) -> (bytes: UInt64, requests: Int) {
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
@@ -222,7 +220,8 @@ func cat(_ path: String, _ ring: UnsafeMutablePointer<io_uring>,
         let sqe = getSQE(ring)
         io_uring_prep_readv(sqe, fd, iovecs, UInt32(iovecCount), offset)
         io_uring_sqe_set_data64(sqe, UInt64(requests))
-        let cqe = submitAndWait(ring)[0]
+        checkSubmit(io_uring_submit(ring), 1)
+        let cqe = waitCQE(ring)
         requests += 1
         guard cqe.res >= 0 else {
             release()

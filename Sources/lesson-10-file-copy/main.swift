@@ -21,11 +21,7 @@
 // Read next: man 3 io_uring_prep_read, man 3 io_uring_prep_write, man 3
 // io_uring_submit_and_wait, man 2 io_uring_enter; liburing's examples/io_uring-cp.c.
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -198,7 +194,7 @@ var slots = (0..<queueDepth).map { _ in
 /// Ask for the rest of the slot's block: `length - have` bytes from SRC at `offset + have`,
 /// into the buffer after the `have` bytes already there. The first read of a block asks for
 /// all of it; after a short read, this asks again for what is missing.
-func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
+func queueRead(_ ring: Ring, _ slot: inout Slot, index: Int, fd: Int32) {
     let sqe = getSQE(ring)
     io_uring_prep_read(sqe, fd, slot.buffer + slot.have, UInt32(slot.length - slot.have),
                        slot.offset + UInt64(slot.have))
@@ -208,7 +204,7 @@ func queueRead(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index
 
 /// Write what the slot holds and has not written yet: `have - written` bytes to DST at the
 /// same offset they were read from.
-func queueWrite(_ ring: UnsafeMutablePointer<io_uring>, _ slot: inout Slot, index: Int, fd: Int32) {
+func queueWrite(_ ring: Ring, _ slot: inout Slot, index: Int, fd: Int32) {
     let sqe = getSQE(ring)
     io_uring_prep_write(sqe, fd, slot.buffer + slot.written, UInt32(slot.have - slot.written),
                         slot.offset + UInt64(slot.written))

@@ -19,11 +19,7 @@
 // Read next: man 3 io_uring_prep_splice, man 3 io_uring_prep_tee, man 2 splice, man 2 tee,
 // man 7 pipe ("Pipe capacity").
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -150,7 +146,7 @@ let labels = RequestLabels()
 
 /// Submit what is prepared with one io_uring_submit and wait for `count` CQEs, returned in the
 /// order they arrived (each copied before its slot is handed back).
-func submitAndWait(_ ring: UnsafeMutablePointer<io_uring>, count: Int) -> (submitted: Int32, cqes: [io_uring_cqe]) {
+func submitAndWait(_ ring: Ring, count: Int) -> (submitted: Int32, cqes: [io_uring_cqe]) {
     let submitted = io_uring_submit(ring)
     guard submitted == count else { fail("io_uring_submit returned \(describe(res: submitted)), expected \(count)") }
     var cqes: [io_uring_cqe] = []
@@ -270,7 +266,7 @@ while offset < size {
     round += 1
     var sqe = labels.getSQE(ring, "splice source -> pipe A")
     io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     sqe = labels.getSQE(ring, "splice pipe A -> \(linkedCopy.name)")
     io_uring_prep_splice(sqe, pipeA.read, -1, linkedCopy.fd, Int64(offset), UInt32(want), 0)
 
@@ -308,7 +304,7 @@ while offset < size {
     var sqe = labels.getSQE(ring, "splice source -> pipe C")
     let intoPipeUserData = sqe.pointee.user_data
     io_uring_prep_splice(sqe, source, Int64(offset), pipeC.write, -1, UInt32(want), 0)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
     io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(want), 0)
 

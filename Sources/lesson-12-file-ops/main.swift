@@ -22,11 +22,7 @@
 // man 3 io_uring_prep_linkat, man 3 io_uring_prep_symlinkat, man 3 io_uring_prep_unlinkat,
 // man 3 io_uring_prep_statx, man 3 io_uring_prep_fallocate, man 2 io_uring_enter.
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -89,7 +85,7 @@ let labels = RequestLabels()
 var results: [UInt64: Int32] = [:]
 
 /// Submit what is prepared, wait for every CQE, print each in arrival order and record its res.
-func submitAndPrint(_ ring: UnsafeMutablePointer<io_uring>, count: Int, labels: RequestLabels,
+func submitAndPrint(_ ring: Ring, count: Int, labels: RequestLabels,
                     results: inout [UInt64: Int32], numbered: Bool = true) {
     let submitted = io_uring_submit_and_wait(ring, UInt32(count))
     if numbered { print("io_uring_submit_and_wait = \(describe(res: submitted))") }
@@ -297,58 +293,58 @@ if fd >= 0 {
     // order the requests any more (exercise 1).
     var sqe = labels.getSQE(ring, "write \(text.count) bytes at 0")
     io_uring_prep_write(sqe, fd, writeBuffer.baseAddress, UInt32(text.count), 0)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     chainIDs.append(sqe.pointee.user_data)
 
     sqe = labels.getSQE(ring, "fallocate \(size) bytes at 0")
     io_uring_prep_fallocate(sqe, fd, 0, 0, off_t(size))
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     chainIDs.append(sqe.pointee.user_data)
 
     sqe = labels.getSQE(ring, "sync_file_range WRITE|WAIT_AFTER")
     io_uring_prep_sync_file_range(sqe, fd, UInt32(size), 0, SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     chainIDs.append(sqe.pointee.user_data)
 
     sqe = labels.getSQE(ring, "fsync")
     io_uring_prep_fsync(sqe, fd, 0)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     chainIDs.append(sqe.pointee.user_data)
 
     sqe = labels.getSQE(ring, "fadvise DONTNEED")
     io_uring_prep_fadvise(sqe, fd, 0, off_t(size), POSIX_FADV_DONTNEED)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     chainIDs.append(sqe.pointee.user_data)
 
     sqe = labels.getSQE(ring, "statx \(tmpName)")
     io_uring_prep_statx(sqe, dirfd, cString(tmpName, &cStrings), AT_SYMLINK_NOFOLLOW,
                         UInt32(STATX_NLINK | STATX_SIZE | STATX_BLOCKS), statxBuffer)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     statxID = sqe.pointee.user_data
     chainIDs.append(statxID)
 
     sqe = labels.getSQE(ring, "close the file's fd")
     io_uring_prep_close(sqe, fd)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     closeID = sqe.pointee.user_data
     chainIDs.append(closeID)
 
     sqe = labels.getSQE(ring, "mkdirat \(dirName)")
     io_uring_prep_mkdirat(sqe, dirfd, cString(dirName, &cStrings), 0o755)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     mkdiratID = sqe.pointee.user_data
     chainIDs.append(mkdiratID)
 
     sqe = labels.getSQE(ring, "renameat \(tmpName) -> \(fileName) NOREPLACE")
     io_uring_prep_renameat(sqe, dirfd, cString(tmpName, &cStrings), dirfd, cString(fileName, &cStrings),
                            UInt32(RENAME_NOREPLACE))
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     renameatID = sqe.pointee.user_data
     chainIDs.append(renameatID)
 
     sqe = labels.getSQE(ring, "linkat \(fileName) -> \(hardlinkName)")
     io_uring_prep_linkat(sqe, dirfd, cString(fileName, &cStrings), dirfd, cString(hardlinkName, &cStrings), 0)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_LINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
     linkatID = sqe.pointee.user_data
     chainIDs.append(linkatID)
 
@@ -424,14 +420,14 @@ var cleanupCount = 0
 if fd >= 0 && results[closeID] == -ECANCELED {
     let sqe = labels.getSQE(ring, "close the file's fd")
     io_uring_prep_close(sqe, fd)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
     cleanupCount += 1
 }
 for removal in removals {
     let label = "unlinkat \(removal.name)" + (removal.flags == AT_REMOVEDIR ? " AT_REMOVEDIR" : "")
     let sqe = labels.getSQE(ring, label)
     io_uring_prep_unlinkat(sqe, dirfd, cString(removal.name, &cStrings), removal.flags)
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_IO_HARDLINK))
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
     removalIDs.append((sqe.pointee.user_data, removal.name, removal.flags))
     cleanupCount += 1
 }

@@ -23,11 +23,7 @@
 // man 2 io_uring_enter (IOSQE_FIXED_FILE). (liburing 2.3 has no man page for
 // io_uring_register_files_update; its declaration is in liburing.h.)
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -90,16 +86,17 @@ var userData: UInt64 = 0
 
 /// Read up to 64 bytes at offset 0 of the file in `slot` of the registered table, and print
 /// the CQE and the bytes read.
-func readSlot(_ ring: UnsafeMutablePointer<io_uring>, _ slot: Int32, _ label: String,
+func readSlot(_ ring: Ring, _ slot: Int32, _ label: String,
               _ userData: inout UInt64) {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
     defer { buffer.deallocate() }  // runs after the CQE has arrived
     let sqe = getSQE(ring)
     io_uring_prep_read(sqe, slot, buffer.baseAddress, UInt32(buffer.count), 0)  // fd field = slot
-    io_uring_sqe_set_flags(sqe, UInt32(IOSQE_FIXED_FILE))                          // "it is an index"
+    io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE)                          // "it is an index"
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
-    let cqe = submitAndWait(ring)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     print("read slot \(slot)\(label): \(format(cqe))"
         + (cqe.res > 0 ? " " + quoted(buffer.prefix(Int(cqe.res))) : ""))
 }
@@ -126,7 +123,7 @@ for fd in fds {
 // there, held by the table alone.
 
 /// Print the "UserFiles" part of the ring fd's fdinfo: the table size and each filled slot.
-func printFileTable(_ ring: UnsafeMutablePointer<io_uring>) {
+func printFileTable(_ ring: Ring) {
     let path = "/proc/self/fdinfo/\(ring.pointee.ring_fd)"
     guard let file = fopen(path, "r") else { fail("cannot read \(path): \(describe(res: -errno))") }
     defer { fclose(file) }

@@ -17,11 +17,7 @@
 // Read next: man 3 io_uring_register_buffers, man 3 io_uring_prep_read_fixed,
 // man 3 io_uring_prep_write_fixed, man 2 io_uring_register (IORING_REGISTER_BUFFERS).
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -114,7 +110,7 @@ var userData: UInt64 = 0
 /// A fixed read or write of `length` bytes at file offset `fileOffset`, from or into the address
 /// `start` bytes into buffer `within`, naming buf_index `index` (normally `within`; sections 4
 /// and 5 make them disagree on purpose). Submits it, waits, prints the CQE and returns it.
-func fixedIO(_ ring: UnsafeMutablePointer<io_uring>, write: Bool, fd: Int32,
+func fixedIO(_ ring: Ring, write: Bool, fd: Int32,
              _ buffers: [UnsafeMutableRawBufferPointer], within: Int, start: Int, length: Int,
              fileOffset: UInt64, index: Int32, note: String, _ userData: inout UInt64) -> io_uring_cqe {
     guard let base = buffers[within].baseAddress else { fail("buffer \(within) has no memory") }
@@ -127,7 +123,8 @@ func fixedIO(_ ring: UnsafeMutablePointer<io_uring>, write: Bool, fd: Int32,
     }
     userData += 1
     io_uring_sqe_set_data64(sqe, userData)
-    let cqe = submitAndWait(ring)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     print("\(write ? "write_fixed" : "read_fixed") buf_index \(index), address buffer \(within) + \(start), "
         + "\(length) bytes\(note): \(format(cqe))")
     return cqe

@@ -19,11 +19,7 @@
 // Read next: man 2 io_uring_setup (IORING_SETUP_SQPOLL, IORING_SETUP_SQ_AFF), man 3
 // io_uring_submit, man 2 io_uring_enter (IORING_ENTER_SQ_WAKEUP), man 3 io_uring_peek_cqe.
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 import Synchronization
@@ -61,7 +57,7 @@ guard plainParams.features & IORING_FEAT_NATIVE_WORKERS != 0 else {
         + "thread outside this process, which the lesson cannot watch in /proc/self/task")
 }
 
-let probeRing = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+let probeRing = Ring.allocate(capacity: 1)
 probeRing.initialize(to: io_uring())
 var probeParams = io_uring_params()
 probeParams.flags = IORING_SETUP_SQPOLL
@@ -105,7 +101,7 @@ print("SQPOLL ring: sq_entries=\(params.sq_entries) cq_entries=\(params.cq_entri
 // single flag check needs, never wrong). No C helper is needed.
 
 /// The SQ ring's flags word, as the kernel last set it.
-func sqFlags(_ ring: UnsafeMutablePointer<io_uring>) -> UInt32 {
+func sqFlags(_ ring: Ring) -> UInt32 {
     guard let flagsWord = ring.pointee.sq.kflags else { fail("the ring has no SQ flags pointer") }
     return flagsWord.withMemoryRebound(to: Atomic<UInt32>.self, capacity: 1) {
         $0.pointee.load(ordering: .acquiring)
@@ -165,7 +161,7 @@ print("SQ thread: tid \(threadID), named \(threadName), may run on CPUs \(allowe
 // SQPOLL programs give the SQ thread a CPU of its own; section 7.)
 
 /// Spin on io_uring_peek_cqe until a CQE is there; copy it and hand the slot back.
-func spinForCQE(_ ring: UnsafeMutablePointer<io_uring>, clock: ContinuousClock) -> io_uring_cqe {
+func spinForCQE(_ ring: Ring, clock: ContinuousClock) -> io_uring_cqe {
     let started = clock.now
     var cqePointer: UnsafeMutablePointer<io_uring_cqe>? = nil
     var spins = 0
@@ -189,7 +185,7 @@ var wakeUps: [Int] = []  // the NOPs whose submission found NEED_WAKEUP set
 var lastSubmission = clock.now
 
 /// One NOP: read the flags, io_uring_submit, spin for the CQE, read the flags again.
-func submitNOP(_ number: Int, _ ring: UnsafeMutablePointer<io_uring>, clock: ContinuousClock,
+func submitNOP(_ number: Int, _ ring: Ring, clock: ContinuousClock,
                submitted: inout Int, wakeUps: inout [Int], lastSubmission: inout ContinuousClock.Instant) {
     // The SQ has 8 entries and holds at most this one NOP: io_uring_get_sqe cannot fail.
     let sqe = getSQE(ring)
@@ -284,7 +280,7 @@ print("SQ_AFF, sq_thread_cpu=\(firstCPU): fdinfo SqThreadCpu \(fdinfoValue(pinne
 destroyRing(pinnedRing)
 
 // A CPU this machine does not have: the kernel refuses the ring (and creates no thread).
-let badRing = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+let badRing = Ring.allocate(capacity: 1)
 badRing.initialize(to: io_uring())
 var badParams = io_uring_params()
 badParams.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF
@@ -312,7 +308,7 @@ func readText(_ path: String) -> String? {
 }
 
 /// A field of the ring fd's /proc/self/fdinfo entry (`SqThread:\t1234`), as text.
-func fdinfoValue(_ ring: UnsafeMutablePointer<io_uring>, _ field: String) -> String? {
+func fdinfoValue(_ ring: Ring, _ field: String) -> String? {
     guard let text = readText("/proc/self/fdinfo/\(ring.pointee.ring_fd)") else { return nil }
     for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
         return String(line.dropFirst(field.count + 1).drop { $0 == " " || $0 == "\t" })

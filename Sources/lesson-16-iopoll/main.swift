@@ -21,11 +21,7 @@
 // Read next: man 2 io_uring_setup (IORING_SETUP_IOPOLL), man 2 open (O_DIRECT), man 2 statx
 // (STATX_DIOALIGN), man 3 io_uring_prep_read, man 3 io_uring_wait_cqe.
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLiburing
 import LabSupport
 
@@ -76,7 +72,8 @@ let statxSQE = getSQE(ring)
 io_uring_prep_statx(statxSQE, AT_FDCWD, cPath, 0,
                     UInt32(STATX_TYPE | STATX_SIZE | STATX_DIOALIGN), statxBuffer)
 io_uring_sqe_set_data64(statxSQE, 1)
-let statxCQE = submitAndWait(ring)[0]
+checkSubmit(io_uring_submit(ring), 1)
+let statxCQE = waitCQE(ring)
 free(cPath)
 let info = statxBuffer.pointee
 statxBuffer.deallocate()
@@ -197,7 +194,8 @@ for (index, attempt) in tries.enumerated() {
     let sqe = getSQE(ring)
     io_uring_prep_read(sqe, directFD, attempt.address, UInt32(attempt.length), attempt.offset)
     io_uring_sqe_set_data64(sqe, UInt64(index + 2))
-    let cqe = submitAndWait(ring)[0]
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
     let bytes = cqe.res > 0 ? "  " + quoted(UnsafeRawBufferPointer(start: attempt.address, count: min(Int(cqe.res), 24))) + "..." : ""
     print("  \(attempt.label): " + format(cqe) + bytes)
 }
@@ -220,7 +218,7 @@ let pollRing = makeRing(entries: 4, flags: IORING_SETUP_IOPOLL)
 print("IOPOLL ring: sq_entries=\(pollRing.pointee.sq.ring_entries) cq_entries=\(pollRing.pointee.cq.ring_entries)")
 
 /// One read on the IOPOLL ring: io_uring_submit, then io_uring_wait_cqe, where polling happens.
-func pollRead(_ ring: UnsafeMutablePointer<io_uring>, fd: Int32, into address: UnsafeMutableRawPointer,
+func pollRead(_ ring: Ring, fd: Int32, into address: UnsafeMutableRawPointer,
               userData: UInt64) -> io_uring_cqe {
     let sqe = getSQE(ring)
     io_uring_prep_read(sqe, fd, address, UInt32(readSize), 0)

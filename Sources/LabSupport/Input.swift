@@ -1,0 +1,60 @@
+// What a lesson takes in: arguments, and temp files in new private directories (mkdtemp, so lessons
+// and tests can run in parallel), removed at exit or when a signal ends the lesson (Exit.swift).
+
+import Glibc
+
+/// The arguments (without the program name). `--help`/`-h` prints `usage` and exits 0; an
+/// unknown option or more than `max` arguments is an `error:` line and exit 1, never a trap.
+public func lessonArguments(usage: String, max: Int) -> [String] {
+    holdUntilExit()  // from here on, exit checks that standard output was written (Exit.swift)
+    let arguments = Array(CommandLine.arguments.dropFirst())
+    if arguments.contains("--help") || arguments.contains("-h") { print("usage: \(usage)"); exit(0) }
+    if let option = arguments.first(where: { $0.hasPrefix("-") && $0 != "-" }) {
+        fail("unknown option \(option) (usage: \(usage))")
+    }
+    if arguments.count > max { fail("too many arguments (usage: \(usage))") }
+    return arguments
+}
+
+/// `text` as a whole number in `range`, or `error: OPS must be a whole number from 1 to 100000, not "abc"`.
+public func parseNumber(_ text: String, name: String, in range: ClosedRange<Int>) -> Int {
+    guard let value = Int(text), range.contains(value) else {
+        fail("\(name) must be a whole number from \(range.lowerBound) to \(range.upperBound), not \(quoted(text.utf8))")
+    }
+    return value
+}
+
+/// A new empty directory under $TMPDIR (or /tmp), removed with everything in it at exit.
+public func makeTempDir(_ purpose: String = "lesson") -> String {
+    holdUntilExit()
+    removeTempDirsOnSignals()
+    let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+    var template = Array("\(base)/iouring-lab-\(purpose)-XXXXXX".utf8CString)
+    guard let made = mkdtemp(&template) else { fail("cannot create a directory in \(base): \(describe(res: -errno))") }
+    let path = String(cString: made)
+    held.withLock { $0.tempDirs.append(path) }
+    return path
+}
+
+/// A new file holding `contents`, in its own temporary directory (removed at exit).
+public func makeTempFile(named name: String = "data.txt", contents: [UInt8]) -> String {
+    let path = makeTempDir() + "/" + name
+    guard let file = fopen(path, "wxe") else { fail("cannot create \(path): \(describe(res: -errno))") }
+    let written = fwrite(contents, 1, contents.count, file)
+    guard fclose(file) == 0, written == contents.count else { fail("cannot write \(path): \(describe(res: -errno))") }
+    return path
+}
+
+/// `rm -rf path`, without following symbolic links.
+func removeTree(_ path: String) {
+    var info = stat()
+    guard lstat(path, &info) == 0 else { return }
+    if info.st_mode & S_IFMT == S_IFDIR, let dir = opendir(path) {
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { removeTree(path + "/" + name) }
+        }
+        closedir(dir)
+    }
+    remove(path)  // unlink(2) for a file, rmdir(2) for a directory
+}
