@@ -1,8 +1,7 @@
-// How a lesson ends: 0 success, 77 skipped (a `SKIP:` line), 1 failure (one `error:` line), as in
-// liburing's tests. What a lesson holds is listed in one place, `held`: its rings and temp dirs.
-// At exit, however it comes (`fail` and `skip` too), the rings are torn down and the dirs removed,
-// and output that could not be written (/dev/full) is an error. SIGINT, SIGTERM and SIGPIPE remove
-// the dirs and end the program by that signal (a dying process's rings and fds the kernel frees).
+// How a lesson ends: 0 success, 77 skipped (`SKIP:`), 1 failure (one `error:` line), as in liburing's
+// tests. What it holds is listed in one place, `held`: rings and temp dirs. At exit, however it comes,
+// the rings are torn down and the dirs removed, and unwritable output (/dev/full) is an error. SIGINT,
+// SIGTERM and SIGPIPE remove the dirs and end the program by that signal (the kernel frees the rest).
 
 import Glibc
 import CLiburing
@@ -50,33 +49,38 @@ private let exitHandler: Void = {
 
 // Removing a directory tree is not async-signal-safe, so no signal handler may do it: a thread of
 // ours does. SIGINT and SIGTERM are blocked in every other thread (threads inherit the mask), so
-// the kernel hands them to it; SIGPIPE goes to the thread whose write failed, and a tiny handler
-// passes it on.
-nonisolated(unsafe) private var signalThread = pthread_t()
+// the kernel hands them to it. SIGPIPE goes to the thread whose write failed: a tiny handler passes
+// it on and parks that thread, as the signal thread parks the lesson's thread for the other two.
+nonisolated(unsafe) private var signalThread = pthread_t(), lessonThread = pthread_t()
+private let parked = Atomic<Bool>(false)
 private func signalSet(_ signals: Int32...) -> sigset_t {
-    var set = sigset_t()
-    sigemptyset(&set)
-    for signal in signals { sigaddset(&set, signal) }
-    return set
+    signals.reduce(into: sigset_t()) { _ = sigaddset(&$0, $1) }  // sigset_t() is the empty set
 }
 
-/// Start the signal thread, once (`makeTempDir` does).
+/// Start the signal thread, once (`makeTempDir` does, on the lesson's thread).
 func removeTempDirsOnSignals() { _ = signalsHandled }
 private let signalsHandled: Void = {
     var signals = signalSet(SIGINT, SIGTERM)
     pthread_sigmask(SIG_BLOCK, &signals, nil)
+    lessonThread = pthread_self()
     pthread_create(&signalThread, nil, { _ in
         var signals = signalSet(SIGINT, SIGTERM, SIGPIPE), received: Int32 = 0
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         sigwait(&signals, &received)
-        for dir in held.withLock({ $0.tempDirs }).reversed() { removeTree(dir) }
-        signal(received, SIG_DFL)  // then die of it, as if it had never been caught
-        pthread_sigmask(SIG_UNBLOCK, &signals, nil)
-        raise(received)
+        held.withLock { held in  // and keep the lock: no new directory from now on
+            if received != SIGPIPE { pthread_kill(lessonThread, SIGPIPE) }
+            for _ in 0..<10_000 where !parked.load(ordering: .acquiring) { usleep(100) }
+            for dir in held.tempDirs.reversed() { removeTree(dir) }
+            signal(received, SIG_DFL)  // then die of it, as if it had never been caught
+            var only = signalSet(received)
+            pthread_sigmask(SIG_UNBLOCK, &only, nil)
+            raise(received)
+        }
         return nil
     }, nil)
     signal(SIGPIPE) { signal in
-        pthread_kill(signalThread, signal)
+        pthread_kill(signalThread, signal)  // for a real SIGPIPE; a parking one stays pending
+        parked.store(true, ordering: .releasing)
         while true { pause() }
     }
 }()

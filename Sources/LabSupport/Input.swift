@@ -9,19 +9,15 @@ public func lessonArguments(usage: String, max: Int) -> [String] {
     holdUntilExit()  // from here on, exit checks that standard output was written (Exit.swift)
     let arguments = Array(CommandLine.arguments.dropFirst())
     if arguments.contains("--help") || arguments.contains("-h") { print("usage: \(usage)"); exit(0) }
-    if let option = arguments.first(where: { $0.hasPrefix("-") && $0 != "-" }) {
-        fail("unknown option \(option) (usage: \(usage))")
-    }
+    if let option = arguments.first(where: { $0.hasPrefix("-") && $0 != "-" }) { fail("unknown option \(option) (usage: \(usage))") }
     if arguments.count > max { fail("too many arguments (usage: \(usage))") }
     return arguments
 }
 
 /// `text` as a whole number in `range`, or `error: OPS must be a whole number from 1 to 100000, not "abc"`.
 public func parseNumber(_ text: String, name: String, in range: ClosedRange<Int>) -> Int {
-    guard let value = Int(text), range.contains(value) else {
-        fail("\(name) must be a whole number from \(range.lowerBound) to \(range.upperBound), not \(quoted(text.utf8))")
-    }
-    return value
+    if let value = Int(text), range.contains(value) { return value }
+    fail("\(name) must be a whole number from \(range.lowerBound) to \(range.upperBound), not \(quoted(text.utf8))")
 }
 
 /// A new empty directory under $TMPDIR (or /tmp), removed with everything in it at exit.
@@ -30,9 +26,10 @@ public func makeTempDir(_ purpose: String = "lesson") -> String {
     removeTempDirsOnSignals()
     let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
     var template = Array("\(base)/iouring-lab-\(purpose)-XXXXXX".utf8CString)
-    guard let made = mkdtemp(&template) else { fail("cannot create a directory in \(base): \(describe(res: -errno))") }
-    let path = String(cString: made)
-    held.withLock { $0.tempDirs.append(path) }
+    let path = held.withLock { held in  // made and listed at once: a signal sees both or neither
+        mkdtemp(&template).map { held.tempDirs.append(String(cString: $0)); return String(cString: $0) }
+    }
+    guard let path else { fail("cannot create a directory in \(base): \(describe(res: -errno))") }
     return path
 }
 

@@ -55,9 +55,8 @@ public func waitCQE(_ ring: Ring) -> io_uring_cqe {
     var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
     let ret = io_uring_wait_cqe(ring, &cqePointer)
     guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    let cqe = cqePointer.pointee
-    io_uring_cqe_seen(ring, cqePointer)
-    return cqe
+    defer { io_uring_cqe_seen(ring, cqePointer) }
+    return cqePointer.pointee
 }
 
 /// `12` for a count or an fd, `-ENOENT (-2)` for a negated errno. A failed system call prints

@@ -35,7 +35,11 @@ struct Lesson {
 
     /// Run the lesson with `arguments`, in a private $TMPDIR, for at most `timeout` seconds.
     /// Fails the test if the lesson left anything in that $TMPDIR.
-    func run(_ arguments: [String] = [], timeout: TimeInterval = 30) throws -> Run {
+    /// - `wrapper`: a command that runs the lesson (`["prlimit", "--memlock=0", "--"]`, valgrind).
+    /// - `stdoutPath`: standard output goes there (`/dev/full`) instead of being captured.
+    /// - `signal`: sent once the lesson has made something in $TMPDIR (its temp directory).
+    func run(_ arguments: [String] = [], timeout: TimeInterval = 30, wrapper: [String] = [],
+             stdoutPath: String? = nil, signal: Int32? = nil) throws -> Run {
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             throw HarnessError("\(executable.path) is not built: run `swift build` (or `make test`) first")
         }
@@ -48,21 +52,31 @@ struct Lesson {
         let errURL = scratch.appendingPathComponent("stderr")
         _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try FileHandle(forWritingTo: outURL)
+        let out = try FileHandle(forWritingTo: stdoutPath.map { URL(fileURLWithPath: $0) } ?? outURL)
         let err = try FileHandle(forWritingTo: errURL)
         defer { try? out.close(); try? err.close() }
 
         let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
+        if let command = wrapper.first {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [command] + wrapper.dropFirst() + [executable.path] + arguments
+        } else {
+            process.executableURL = executable
+            process.arguments = arguments
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmpdir.path]) { $1 }
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = out
         process.standardError = err
         let started = Date()
         try process.run()
+        var signalled = signal == nil
         while process.isRunning && Date().timeIntervalSince(started) < timeout {
-            usleep(5_000)
+            if !signalled, let signal, (try? FileManager.default.contentsOfDirectory(atPath: tmpdir.path))?.isEmpty == false {
+                kill(process.processIdentifier, signal)
+                signalled = true
+            }
+            usleep(signalled ? 5_000 : 200)
         }
         let timedOut = process.isRunning
         if timedOut {
@@ -70,7 +84,7 @@ struct Lesson {
             process.waitUntilExit()
         }
         let run = Run(
-            command: ([name] + arguments).joined(separator: " "),
+            command: (wrapper + [name] + arguments).joined(separator: " "),
             status: process.terminationStatus,
             crashed: process.terminationReason == .uncaughtSignal,
             stdout: try String(contentsOf: outURL, encoding: .utf8),
@@ -119,6 +133,9 @@ struct Lesson {
 
 /// What one run of a lesson did.
 struct Run {
+    /// Run a lesson under valgrind, which lists the fds still open at exit (`fdsOpenAtExit`).
+    static let valgrind = ["valgrind", "--track-fds=yes", "--undef-value-errors=no", "-q"]
+
     let command: String
     let status: Int32
     let crashed: Bool
@@ -135,6 +152,18 @@ struct Run {
     var transcript: String {
         "--- \(command): exit \(status)\(crashed ? " (signal)" : "") after "
             + String(format: "%.2f", seconds) + " s\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)---"
+    }
+
+    /// The fds valgrind (`--track-fds=yes`) found open at exit, less those inherited from us:
+    /// `["Open file descriptor 5: /tmp/x"]`. Empty for a lesson that closes what it opens.
+    var fdsOpenAtExit: [String] {
+        let lines = stderr.components(separatedBy: "\n").map {
+            $0.replacingOccurrences(of: #"^==\d+== ?"#, with: "", options: .regularExpression)
+        }
+        return lines.indices.filter { index in
+            lines[index].hasPrefix("Open file descriptor")
+                && !(lines.indices.contains(index + 1) && lines[index + 1].contains("inherited from parent"))
+        }.map { lines[$0] }
     }
 
     /// A lesson that exits 77 could not run here: the test is skipped, with the lesson's reason.
@@ -225,4 +254,12 @@ struct OutputPattern {
 struct HarnessError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// A new directory of the test's own (inputs for a lesson), outside the lesson's $TMPDIR.
+/// The caller removes it: `defer { try? FileManager.default.removeItem(at: dir) }`.
+func makeScratchDirectory(_ label: String) throws -> URL {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir
 }
