@@ -4,13 +4,14 @@
 SWIFT ?= swift
 L ?=
 ARGS ?=
+KERNEL ?= $(shell uname -r)
 
 .PHONY: help setup build test run list clean
 
 help:
 	@echo "make run L=NN [ARGS='...']  build and run lesson NN (e.g. make run L=07)"
 	@echo "make test                   set up, build, and run every lesson's test"
-	@echo "make list                   the lessons, with the kernel each needs"
+	@echo "make list                   the lessons, the kernel each needs, and whether this one is new enough"
 	@echo "make setup                  install liburing-dev if pkg-config cannot find liburing"
 	@echo "make build                  build every lesson"
 	@echo "make clean                  remove the build directory"
@@ -48,12 +49,19 @@ run: setup
 	if [ $$status = 77 ]; then echo "($$name was skipped on this machine: exit 77)"; exit 0; fi; \
 	exit $$status
 
+# Each lesson's kernel comes from the **Kernel:** line of its prose; "ok" when this machine's
+# kernel (uname -r; `make list KERNEL=6.1` asks about another) is at least that. A lesson that still lacks something (a filesystem, a
+# privilege) says so when run, and exits 77.
 list:
-	@for prose in lessons/[0-9][0-9]-*.md; do \
+	@running=$$(echo "$(KERNEL)" | sed 's/[^0-9.].*//'); \
+	echo "this machine runs Linux $$running"; \
+	for prose in lessons/[0-9][0-9]-*.md; do \
 		slug=$$(basename $$prose .md); \
 		kernel=$$(sed -n 's/^\*\*Kernel:\*\* *Linux \([0-9.]*\).*/\1/p' $$prose | head -n 1); \
 		title=$$(head -n 1 $$prose | sed 's/^# Lesson [0-9]* — //'); \
-		printf '%-34s Linux %-5s %s\n' "lesson-$$slug" "$$kernel" "$$title"; \
+		oldest=$$(printf '%s\n%s\n' "$$kernel" "$$running" | sort -V | head -n 1); \
+		if [ "$$oldest" = "$$kernel" ]; then here=ok; else here="too old here"; fi; \
+		printf '%-34s Linux %-5s %-13s %s\n' "lesson-$$slug" "$$kernel" "$$here" "$$title"; \
 	done
 
 clean:
