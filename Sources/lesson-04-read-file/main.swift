@@ -281,11 +281,10 @@ printCQE(waitCQE(ring), "read on the closed fd \(fd)")
 // arms an internal poll on the pipe and returns from the submit with the read still pending.
 // When data arrives the poll fires and the kernel retries the read as "task work" of the
 // thread that submitted it, which runs the next time that thread is in the kernel (on 6.18,
-// here: on the way back from our own write(2) into the pipe, so io_uring_wait_cqe finds the
-// CQE already there and strace shows no wait). So the CQ is still empty when io_uring_submit
-// returns, and 20 ms later, and no new iou-wrk thread has appeared. Meanwhile the request
-// holds the buffer's address: the kernel writes into it long after the submit returned, which
-// is why every buffer stays put until its CQE.
+// here: on the way back from our own write(2) into the pipe). So the CQ is still empty when
+// io_uring_submit returns, and 20 ms later, and no new iou-wrk thread has appeared. Meanwhile
+// the request holds the buffer's address: the kernel writes into it long after the submit
+// returned, which is why every buffer stays put until its CQE.
 
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
