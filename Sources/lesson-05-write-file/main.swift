@@ -128,8 +128,8 @@ close(piecesFD)
 // flight together: a request reads the position when it starts and stores the new one when it
 // finishes, and unlike write(2) it takes no lock around the two (the prose's "Deeper" note).
 // Two -1 writes in flight at once could both start from the same position, and the second
-// would overwrite the first. (Whether you can see that depends on where each write runs,
-// lesson 04; exercise 2 measures it.) So -1 writes must run one after another: either wait
+// would overwrite the first. (Whether you can see that depends on how the kernel schedules
+// them: exercise 2 measures it.) So -1 writes must run one after another: either wait
 // for each CQE before submitting the next, or submit them together linked. IOSQE_IO_LINK, an
 // SQE flag (5.3), makes the next SQE wait until this one has completed, and cancels it if this
 // one fails (lesson 07 is about links). We do both, and ask lseek(2) where the position is
