@@ -131,12 +131,20 @@ print("SQ index array after setup: array[0...\(params.sq_entries - 1)] = " + ind
 //   io_uring_wait_cqe returns &cqes[CQ head & ring_mask] if the CQ tail is past the head
 //                     (it waits in io_uring_enter only if not).
 //   io_uring_cqe_seen stores CQ head + 1: the slot is the kernel's again.
+//
+// Three small helpers print it: the four counters on one line, after a label in a column.
 
 func counters(_ ring: Ring) -> String {
     "SQ head=\(ring.pointee.sq.khead.pointee) tail=\(ring.pointee.sq.ktail.pointee)  "
         + "CQ head=\(ring.pointee.cq.khead.pointee) tail=\(ring.pointee.cq.ktail.pointee)"
 }
 func column(_ text: String) -> String { "  " + text.padding(to: 30) }
+extension String {
+    /// Left-aligned in a column of `width` characters (here and in section 7's table).
+    func padding(to width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+}
 
 print("one NOP through the rings:")
 print(column("at the start") + counters(ring))
@@ -282,11 +290,4 @@ for feature in knownFeatures where params.features & feature.bit != 0 {
 let unknownBits = params.features & ~knownFeatures.reduce(0) { $0 | $1.bit }
 if unknownBits != 0 {
     print("  and bits 0x\(String(unknownBits, radix: 16)), newer than this lesson")
-}
-
-extension String {
-    /// Left-aligned in a column of `width` characters.
-    func padding(to width: Int) -> String {
-        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
-    }
 }

@@ -17,7 +17,8 @@ import CLiburing
 import LabSupport
 
 let usage = "lesson-02-probe [OPCODE ...]   (OPCODE: a name such as READ or IORING_OP_SEND_ZC, or a number 0-255)"
-let arguments = lessonArguments(usage: usage, max: 32)
+// Any number of opcodes may be asked about (a shell's limit on the command line aside).
+let arguments = lessonArguments(usage: usage, max: .max)
 
 // Opcodes asked for on the command line, checked before any ring exists so that a typo is an
 // error and not a half-printed table. A name is looked up in LabSupport's `opcodeTable`, which
@@ -78,6 +79,12 @@ print("io_uring_get_probe_ring: last_op=\(lastOp) ops_len=\(probe.pointee.ops_le
 let headerLast = IORING_OP_LAST.rawValue
 print("liburing's header: IORING_OP_LAST=\(headerLast), so it names opcodes 0 to \(headerLast - 1)")
 
+/// The first kernel release with `opcode`, from LabSupport's table (`5.6`), or `?` for an
+/// opcode newer than the table.
+func since(_ opcode: UInt32) -> String {
+    Int(opcode) < opcodeTable.count ? opcodeTable[Int(opcode)].since : "?"
+}
+
 // With opcodes on the command line, answer just those and stop.
 if !requested.isEmpty {
     for opcode in requested {
@@ -95,7 +102,19 @@ if !requested.isEmpty {
 //
 // One line per opcode from 0 to last_op. `io_uring_opcode_supported(probe, op)` is a tiny
 // inline function: 0 if op > last_op, otherwise ops[op].flags & IO_URING_OP_SUPPORTED.
-// Where the header's names end inside the kernel's table, a line marks the spot.
+// Where the header's names end inside the kernel's table, a line marks the spot. The two
+// String methods in this extension only pad the columns.
+
+extension String {
+    /// Left-aligned in a column of `width` characters.
+    func padded(to width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+    /// Right-aligned in a column of `width` characters.
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}
 
 print("opcode  name                        kernel  supported")
 var supportedCount = 0
@@ -160,20 +179,3 @@ requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
 print("requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE) returned: lesson 04 would go on")
 
 destroyRing(ring)
-
-/// The first kernel release with `opcode`, from LabSupport's table (`5.6`), or `?` for an
-/// opcode newer than the table.
-func since(_ opcode: UInt32) -> String {
-    Int(opcode) < opcodeTable.count ? opcodeTable[Int(opcode)].since : "?"
-}
-
-extension String {
-    /// Left-aligned in a column of `width` characters.
-    func padded(to width: Int) -> String {
-        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
-    }
-    /// Right-aligned in a column of `width` characters.
-    func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: " ", count: width - count) + self
-    }
-}

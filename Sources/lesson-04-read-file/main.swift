@@ -43,59 +43,6 @@ if arguments.first == "-" {
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_OPENAT, IORING_OP_READ, IORING_OP_CLOSE)
 
-// Every request in this lesson goes the same way: take an SQE with `getSQE` (io_uring_get_sqe;
-// the ring has 8 slots and each SQE is completed before the next is taken, so it cannot be
-// full), fill it in, and `submitAndWait(ring)` (io_uring_submit, then lesson 03's
-// io_uring_wait_cqe / io_uring_cqe_seen). It returns a copy of the CQE, taken before the slot
-// went back to the kernel. The reads use `submitWaitAndLook` below instead, which also says
-// whether the CQE was already there when io_uring_submit returned.
-
-/// io_uring_submit, then io_uring_cq_ready (how many CQEs sit in the CQ, posted and not yet
-/// consumed: lesson 06 uses it too) at once, then io_uring_wait_cqe / io_uring_cqe_seen.
-/// With one request in flight and an empty CQ before it, a CQE already there means the request
-/// ran *inline*: the kernel did it during the submit's io_uring_enter(2), before returning.
-/// 0 means it was still running somewhere (parked on a poll, or on an io-wq worker) when
-/// submit returned: the kernel may touch its buffer after that.
-func submitWaitAndLook(_ ring: Ring) -> (cqe: io_uring_cqe, doneAtSubmit: Bool) {
-    let submitted = io_uring_submit(ring)
-    guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted)), expected 1") }
-    let doneAtSubmit = io_uring_cq_ready(ring) > 0
-    return (waitForCQE(ring), doneAtSubmit)
-}
-
-/// io_uring_wait_cqe, a copy of the CQE, io_uring_cqe_seen (lesson 03).
-func waitForCQE(_ ring: Ring) -> io_uring_cqe {
-    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-    let ret = io_uring_wait_cqe(ring, &cqePointer)
-    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    let cqe = cqePointer.pointee  // copy it before the slot goes back to the kernel
-    io_uring_cqe_seen(ring, cqePointer)
-    return cqe
-}
-
-/// The threads of this process whose name starts with "iou-wrk-": io_uring's io-wq workers.
-/// Since Linux 5.12 (IORING_FEAT_NATIVE_WORKERS, lesson 01) they are threads of the process
-/// that submitted, named iou-wrk-<tid of the submitting thread>, listed in /proc/self/task like
-/// any other thread. (Before 5.12 they were kernel threads, and this count stays 0.)
-func ioWorkerThreads() -> Int {
-    guard let tasks = opendir("/proc/self/task") else { return 0 }
-    defer { closedir(tasks) }
-    var workers = 0
-    while let entry = readdir(tasks) {
-        let tid = withUnsafeBytes(of: entry.pointee.d_name) {
-            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        guard tid != "." && tid != ".." else { continue }
-        let fd = open("/proc/self/task/\(tid)/comm", O_RDONLY)
-        guard fd >= 0 else { continue }  // the thread has just exited
-        var name = [UInt8](repeating: 0, count: 64)
-        let n = name.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        if n > 0 && name[..<n].starts(with: Array("iou-wrk-".utf8)) { workers += 1 }
-    }
-    return workers
-}
-
 // MARK: - 2. The file
 //
 // By default, a temp file with three lines of known text (removed at exit). With an argument,
@@ -114,14 +61,18 @@ print("file: \(path)")
 // IORING_FEAT_SUBMIT_STABLE, the kernel copies the path while it is submitted; the lab keeps
 // every pointer alive until the CQE anyway: it is the rule that is always right, and for
 // read buffers, which the kernel fills while the request runs, it is the only right one.)
-
-var userData: UInt64 = 0  // a new number for each request, so each CQE names its SQE
+//
+// Every request of this lesson goes the same way: an SQE from `getSQE` (io_uring_get_sqe;
+// each request completes before the next is taken, so the SQ of 8 cannot be full), an
+// io_uring_prep_* call, a user_data of its own (lesson 03), io_uring_submit (`checkSubmit`
+// exits 1 unless it took the one SQE), then `waitCQE`: io_uring_wait_cqe, a copy of the CQE,
+// io_uring_cqe_seen. The user_data values are fixed: 1 to 5 for the openat, the close and
+// the three requests of sections 6 and 7, and 100 + n for the nth read.
 
 guard let cPath = strdup(path) else { fail("strdup: out of memory") }
 let openSQE = getSQE(ring)
 io_uring_prep_openat(openSQE, AT_FDCWD, cPath, O_RDONLY, 0)
-userData += 1
-io_uring_sqe_set_data64(openSQE, userData)
+io_uring_sqe_set_data64(openSQE, 1)
 checkSubmit(io_uring_submit(ring), 1)
 let openCQE = waitCQE(ring)
 free(cPath)  // the CQE is here: the kernel is done with the path
@@ -143,9 +94,15 @@ let fd = openCQE.res
 // The kernel writes into the buffer while the request runs, and that may be after
 // io_uring_submit has returned: a read parked on a poll is retried when data arrives, and a
 // read handed to an io-wq worker runs on that thread (the prose's "Where a request runs").
-// Here each read also says whether it had completed by the time submit returned. So the
-// buffer must stay at one address until the CQE arrives: a Swift array passed as `&array` is
-// only pinned for one call, so we allocate raw memory ourselves and free it after the last CQE.
+// So the buffer must stay at one address until the CQE arrives: a Swift array passed as
+// `&array` is only pinned for one call, so we allocate raw memory ourselves and free it after
+// the last CQE.
+//
+// Where did each read run? Right after the submit, `io_uring_cq_ready` counts the CQEs posted
+// and not yet consumed (lesson 06 uses it too). With one request in flight and an empty CQ
+// before it, a CQE already there means the read ran *inline*: the kernel did it during the
+// submit's io_uring_enter(2), before returning. 0 means it was still running somewhere
+// (parked on a poll, or on an io-wq worker) when submit returned.
 //
 // `res` is the number of bytes read, and it may be less than we asked: a *short read*. For a
 // regular file that happens at the end of the file; for pipes, sockets and some special files
@@ -175,13 +132,13 @@ var kept: [UInt8] = []
 while true {
     let readOffset = seekable ? offset : UInt64(bitPattern: -1)
     let at = seekable ? "at offset \(offset)" : "at offset -1 (not seekable)"
+    reads += 1
     let readSQE = getSQE(ring)
     io_uring_prep_read(readSQE, fd, buffer.baseAddress, UInt32(chunkSize), readOffset)
-    userData += 1
-    io_uring_sqe_set_data64(readSQE, userData)
-    let (cqe, doneAtSubmit) = submitWaitAndLook(ring)
-    reads += 1
-    if doneAtSubmit { readsDoneAtSubmit += 1 }
+    io_uring_sqe_set_data64(readSQE, 100 + UInt64(reads))
+    checkSubmit(io_uring_submit(ring), 1)
+    if io_uring_cq_ready(ring) > 0 { readsDoneAtSubmit += 1 }
+    let cqe = waitCQE(ring)
 
     guard cqe.res >= 0 else {
         // Reading a directory fails here, not at openat: open(2) accepts a directory with
@@ -222,7 +179,8 @@ if offset <= UInt64(keptBytes) {
 // cannot: a pipe with no data is parked on an internal poll, and (on 6.18) a read of pages
 // not yet in memory may be started and finished when the disk has answered; neither counts
 // here as done at submit, and neither needs a worker thread. The count of io-wq worker
-// threads so far is the other half of the evidence.
+// threads so far is the other half of the evidence: `ioWorkerThreads()`, at the end of this
+// file, counts the threads of this process named iou-wrk-* (it lists /proc/self/task).
 print("reads whose CQE was in the CQ when io_uring_submit returned: \(readsDoneAtSubmit) of \(reads)")
 print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
 
@@ -234,8 +192,7 @@ print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads
 
 let closeSQE = getSQE(ring)
 io_uring_prep_close(closeSQE, fd)
-userData += 1
-io_uring_sqe_set_data64(closeSQE, userData)
+io_uring_sqe_set_data64(closeSQE, 2)
 checkSubmit(io_uring_submit(ring), 1)
 printCQE(waitCQE(ring), "close fd \(fd)")
 
@@ -254,8 +211,7 @@ printCQE(waitCQE(ring), "close fd \(fd)")
 guard let missingPath = strdup(makeTempDir("lesson-04") + "/missing.txt") else { fail("strdup: out of memory") }
 let missingSQE = getSQE(ring)
 io_uring_prep_openat(missingSQE, AT_FDCWD, missingPath, O_RDONLY, 0)
-userData += 1
-io_uring_sqe_set_data64(missingSQE, userData)
+io_uring_sqe_set_data64(missingSQE, 3)
 checkSubmit(io_uring_submit(ring), 1)
 printCQE(waitCQE(ring), "openat missing.txt")
 free(missingPath)
@@ -269,8 +225,7 @@ print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads
 let smallBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 16)
 let badSQE = getSQE(ring)
 io_uring_prep_read(badSQE, fd, smallBuffer.baseAddress, 16, 0)
-userData += 1
-io_uring_sqe_set_data64(badSQE, userData)
+io_uring_sqe_set_data64(badSQE, 4)
 checkSubmit(io_uring_submit(ring), 1)
 printCQE(waitCQE(ring), "read on the closed fd \(fd)")
 
@@ -281,29 +236,31 @@ printCQE(waitCQE(ring), "read on the closed fd \(fd)")
 // arms an internal poll on the pipe and returns from the submit with the read still pending.
 // When data arrives the poll fires and the kernel retries the read as "task work" of the
 // thread that submitted it, which runs the next time that thread is in the kernel (on 6.18,
-// here: on the way back from our own write(2) into the pipe, so io_uring_wait_cqe finds the
-// CQE already there and strace shows no wait). So the CQ is still empty when io_uring_submit
-// returns, and 20 ms later, and no new iou-wrk thread has appeared. Meanwhile the request
-// holds the buffer's address: the kernel writes into it long after the submit returned, which
-// is why every buffer stays put until its CQE.
+// here: on the way back from our own write(2) into the pipe). So the CQ is still empty when
+// io_uring_submit returns, and 20 ms later, and no new iou-wrk thread has appeared. Meanwhile
+// the request holds the buffer's address: the kernel writes into it long after the submit
+// returned, which is why every buffer stays put until its CQE.
 
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 let pipeSQE = getSQE(ring)
 io_uring_prep_read(pipeSQE, pipeFDs[0], smallBuffer.baseAddress, 16, 0)  // a pipe: offset 0 (or -1)
-userData += 1
-io_uring_sqe_set_data64(pipeSQE, userData)
-let pipeSubmitted = io_uring_submit(ring)
-guard pipeSubmitted == 1 else { fail("io_uring_submit returned \(describe(res: pipeSubmitted)), expected 1") }
+io_uring_sqe_set_data64(pipeSQE, 5)
+checkSubmit(io_uring_submit(ring), 1)
 let readyAtSubmit = io_uring_cq_ready(ring)
 usleep(20_000)
 print("read 16 bytes from an empty pipe: CQEs in the CQ when io_uring_submit returned: "
     + "\(readyAtSubmit), 20 ms later: \(io_uring_cq_ready(ring))")
 print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
 let hello = Array("hi\n".utf8)
-guard write(pipeFDs[1], hello, hello.count) == hello.count else { fail("write to the pipe: \(describe(res: -errno))") }
+guard write(pipeFDs[1], hello, hello.count) == hello.count else {
+    let error = errno
+    close(pipeFDs[0])
+    close(pipeFDs[1])
+    fail("write to the pipe: \(describe(res: -error))")
+}
 print("wrote \(quoted(hello)) into the pipe with write(2)")
-let pipeCQE = waitForCQE(ring)
+let pipeCQE = waitCQE(ring)
 print("read from the pipe: \(format(pipeCQE))"
     + (pipeCQE.res > 0 ? " \(quoted(smallBuffer.prefix(Int(pipeCQE.res))))" : ""))
 smallBuffer.deallocate()  // both reads that used it have their CQE
@@ -311,3 +268,20 @@ close(pipeFDs[0])
 close(pipeFDs[1])
 
 destroyRing(ring)
+
+/// The threads of this process named iou-wrk-*: io_uring's io-wq workers. Since Linux 5.12
+/// (IORING_FEAT_NATIVE_WORKERS, lesson 01) they are threads of the process that submitted,
+/// named iou-wrk-<tid of the submitting thread> and listed in /proc/self/task like any other
+/// thread. (Before 5.12 they were kernel threads, and this count stays 0.)
+func ioWorkerThreads() -> Int {
+    guard let tasks = opendir("/proc/self/task") else { return 0 }
+    defer { closedir(tasks) }
+    var workers = 0
+    while let entry = readdir(tasks) {
+        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if tid.first != ".", readLines("/proc/self/task/\(tid)/comm")?.first?.hasPrefix("iou-wrk-") == true {
+            workers += 1
+        }
+    }
+    return workers
+}

@@ -45,14 +45,12 @@ guard ring.pointee.features & IORING_FEAT_RW_CUR_POS != 0 else {
 print("IORING_FEAT_RW_CUR_POS: set, offset -1 means the file's current position")
 
 // The three files live in one new temporary directory, removed at exit. They are opened with
-// plain open(2): lesson 04 showed opening through the ring, and here the writes are the point.
+// plain open(2), O_RDWR: lesson 04 showed opening through the ring, and here the writes are the
+// point. After each part the lesson reads the file back with pread(2) on the same fd, outside
+// the ring, a witness independent of what is being tested. Both are plain system calls, not
+// io_uring, so their helpers are at the end of this file: `openFile` (open(2), or exit 1) and
+// `printContents` (the file's whole contents, quoted, a NUL byte as \x00).
 let dir = makeTempDir("lesson-05")
-
-func openFile(_ path: String, _ flags: Int32) -> Int32 {
-    let fd = open(path, flags, 0o644)
-    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
-    return fd
-}
 
 // The bytes of one write, copied to memory the lesson owns. The SQE holds only their address,
 // and the kernel may copy from it at any moment until the CQE arrives: on 6.18 a buffered
@@ -67,28 +65,22 @@ func allocateBytes(_ text: String) -> UnsafeMutableRawBufferPointer {
     return buffer
 }
 
-// Each write goes the same way: `getSQE` (io_uring_get_sqe; the ring has 8 slots and at most
-// two SQEs are taken before they complete, so it cannot be full), fill it in, then
-// `submitAndWait(ring, count:)`: io_uring_submit and one io_uring_wait_cqe per request,
-// returning copies of the CQEs in arrival order.
-
-// Reading back: plain open(2) + pread(2), outside the ring, a witness independent of what is
-// being tested. Prints the file's whole contents, quoted (a NUL byte shows as \x00).
-func printContents(_ path: String) {
-    let fd = openFile(path, O_RDONLY)
-    defer { close(fd) }
-    var contents: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(contents.count)) }
-        guard n >= 0 else { fail("cannot read \(path) back: \(describe(res: -errno))") }
-        if n == 0 { break }
-        contents += chunk[..<n]
-    }
-    print("  read back with pread: \(quoted(contents)) (\(contents.count) bytes)")
+// One write, start to finish, the way lesson 04 made each request: an SQE from `getSQE`
+// (io_uring_get_sqe; at most two SQEs are taken before they complete, so the SQ of 8 cannot be
+// full), io_uring_prep_write with the fd, the bytes and the offset, a fixed user_data (21, 22
+// in section 2, 31 to 34 in section 3, 41, 42 in section 4), io_uring_submit (`checkSubmit`:
+// exit 1 unless it took the SQE), then `waitCQE` (io_uring_wait_cqe, a copy of the CQE,
+// io_uring_cqe_seen). Only then are the bytes freed. Sections 2 to 4 each use it.
+func writeAndWait(_ ring: Ring, _ text: String, fd: Int32, offset: UInt64, userData: UInt64) -> io_uring_cqe {
+    let buffer = allocateBytes(text)
+    let sqe = getSQE(ring)
+    io_uring_prep_write(sqe, fd, buffer.baseAddress, UInt32(buffer.count), offset)
+    io_uring_sqe_set_data64(sqe, userData)
+    checkSubmit(io_uring_submit(ring), 1)
+    let cqe = waitCQE(ring)
+    buffer.deallocate()  // the CQE is here: the kernel is done with these bytes
+    return cqe
 }
-
-var userData: UInt64 = 0  // a new number for each request, so each CQE names its SQE
 
 // MARK: - 2. Explicit offsets: each piece lands where it says
 //
@@ -97,24 +89,17 @@ var userData: UInt64 = 0  // a new number for each request, so each CQE names it
 // are not a hole in the filesystem's sense: a file's space comes in blocks, typically 4096
 // bytes, and the block that holds "world\n" holds these zeros too. Only a gap of whole blocks
 // is left unallocated, a real hole; exercise 3.) The second write, "hello " at offset 0,
-// overwrites them. The file position plays no
-// part, and neither write depends on the other: they could be submitted together and finish
-// in either order with the same result. (We wait for each here, to read the file in between.)
+// overwrites them. The file position plays no part, and neither write depends on the other:
+// they could be submitted together and finish in either order with the same result. (We wait
+// for each here, to read the file in between.)
 
 let piecesPath = dir + "/pieces.txt"
-let piecesFD = openFile(piecesPath, O_WRONLY | O_CREAT | O_TRUNC)
+let piecesFD = openFile(piecesPath, O_RDWR | O_CREAT | O_TRUNC)
 print("pieces.txt: explicit offsets, the second piece first")
-for (text, offset) in [("world\n", UInt64(6)), ("hello ", UInt64(0))] {
-    let buffer = allocateBytes(text)
-    let sqe = getSQE(ring)
-    io_uring_prep_write(sqe, piecesFD, buffer.baseAddress, UInt32(buffer.count), offset)
-    userData += 1
-    io_uring_sqe_set_data64(sqe, userData)
-    checkSubmit(io_uring_submit(ring), 1)
-    let cqe = waitCQE(ring)
-    buffer.deallocate()  // the CQE is here: the kernel is done with these bytes
-    printCQE(cqe, "write \(quoted(text.utf8)) at offset \(offset)")
-    printContents(piecesPath)
+for (text, offset, userData): (String, UInt64, UInt64) in [("world\n", 6, 21), ("hello ", 0, 22)] {
+    printCQE(writeAndWait(ring, text, fd: piecesFD, offset: offset, userData: userData),
+             "write \(quoted(text.utf8)) at offset \(offset)")
+    printContents(piecesFD)
 }
 close(piecesFD)
 
@@ -128,8 +113,8 @@ close(piecesFD)
 // flight together: a request reads the position when it starts and stores the new one when it
 // finishes, and unlike write(2) it takes no lock around the two (the prose's "Deeper" note).
 // Two -1 writes in flight at once could both start from the same position, and the second
-// would overwrite the first. (Whether you can see that depends on where each write runs,
-// lesson 04; exercise 2 measures it.) So -1 writes must run one after another: either wait
+// would overwrite the first. (Whether you can see that depends on how the kernel schedules
+// them: exercise 2 measures it.) So -1 writes must run one after another: either wait
 // for each CQE before submitting the next, or submit them together linked. IOSQE_IO_LINK, an
 // SQE flag (5.3), makes the next SQE wait until this one has completed, and cancels it if this
 // one fails (lesson 07 is about links). We do both, and ask lseek(2) where the position is
@@ -137,31 +122,23 @@ close(piecesFD)
 
 let currentPosition = UInt64(bitPattern: -1)
 let logPath = dir + "/log.txt"
-let logFD = openFile(logPath, O_WRONLY | O_CREAT | O_TRUNC)
+let logFD = openFile(logPath, O_RDWR | O_CREAT | O_TRUNC)
 
 print("log.txt: offset -1, one write at a time")
-for text in ["first\n", "second\n"] {
-    let buffer = allocateBytes(text)
-    let sqe = getSQE(ring)
-    io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
-    userData += 1
-    io_uring_sqe_set_data64(sqe, userData)
-    checkSubmit(io_uring_submit(ring), 1)
-    let cqe = waitCQE(ring)
-    buffer.deallocate()
-    printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
+for (text, userData): (String, UInt64) in [("first\n", 31), ("second\n", 32)] {
+    printCQE(writeAndWait(ring, text, fd: logFD, offset: currentPosition, userData: userData),
+             "write \(quoted(text.utf8)) at offset -1")
     print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
 }
 
+// The linked pair: two SQEs, user_data 33 and 34, then one submit for both.
 print("log.txt: offset -1, two writes linked with IOSQE_IO_LINK, one io_uring_submit")
 let texts = ["third\n", "fourth\n"]
 let buffers = texts.map(allocateBytes)
-let firstUserData = userData + 1
 for (index, buffer) in buffers.enumerated() {
     let sqe = getSQE(ring)
     io_uring_prep_write(sqe, logFD, buffer.baseAddress, UInt32(buffer.count), currentPosition)
-    userData += 1
-    io_uring_sqe_set_data64(sqe, userData)
+    io_uring_sqe_set_data64(sqe, 33 + UInt64(index))
     // The link flag goes on every SQE but the last: "the next one waits for me".
     if index < buffers.count - 1 { io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK) }
 }
@@ -171,11 +148,11 @@ checkSubmit(io_uring_submit(ring), buffers.count)
 let cqes = buffers.map { _ in waitCQE(ring) }
 for buffer in buffers { buffer.deallocate() }
 for cqe in cqes {
-    let text = texts[Int(cqe.user_data - firstUserData)]  // user_data says which SQE this is
+    let text = texts[Int(cqe.user_data - 33)]  // user_data says which SQE this is
     printCQE(cqe, "write \(quoted(text.utf8)) at offset -1")
 }
 print("  lseek(fd, 0, SEEK_CUR) = \(lseek(logFD, 0, SEEK_CUR))")
-printContents(logPath)
+printContents(logFD)
 close(logFD)
 
 // MARK: - 4. O_APPEND: the offset is ignored
@@ -188,25 +165,39 @@ close(logFD)
 // write(2), so that the file has something to append to.
 
 let appendPath = dir + "/append.txt"
-let appendFD = openFile(appendPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+let appendFD = openFile(appendPath, O_RDWR | O_CREAT | O_TRUNC | O_APPEND)
 let firstLine = Array("line 1\n".utf8)
 guard firstLine.withUnsafeBytes({ write(appendFD, $0.baseAddress, $0.count) }) == firstLine.count else {
-    fail("cannot write the first line of \(appendPath): \(describe(res: -errno))")
+    let error = errno
+    close(appendFD)
+    fail("cannot write the first line of \(appendPath): \(describe(res: -error))")
 }
 print("append.txt: opened O_APPEND, the first line written with write(2)")
-printContents(appendPath)
-for text in ["line 2\n", "line 3\n"] {
-    let buffer = allocateBytes(text)
-    let sqe = getSQE(ring)
-    io_uring_prep_write(sqe, appendFD, buffer.baseAddress, UInt32(buffer.count), 0)
-    userData += 1
-    io_uring_sqe_set_data64(sqe, userData)
-    checkSubmit(io_uring_submit(ring), 1)
-    let cqe = waitCQE(ring)
-    buffer.deallocate()
-    printCQE(cqe, "write \(quoted(text.utf8)) at offset 0")
+printContents(appendFD)
+for (text, userData): (String, UInt64) in [("line 2\n", 41), ("line 3\n", 42)] {
+    printCQE(writeAndWait(ring, text, fd: appendFD, offset: 0, userData: userData), "write \(quoted(text.utf8)) at offset 0")
 }
-printContents(appendPath)
+printContents(appendFD)
 close(appendFD)
 
 destroyRing(ring)
+
+/// open(2) with mode 0644, or exit 1.
+func openFile(_ path: String, _ flags: Int32) -> Int32 {
+    let fd = open(path, flags, 0o644)
+    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+    return fd
+}
+
+/// Print the file's whole contents, read with pread(2), quoted (a NUL byte shows as \x00).
+func printContents(_ fd: Int32) {
+    var contents: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(contents.count)) }
+        guard n >= 0 else { let error = errno; close(fd); fail("cannot read back: \(describe(res: -error))") }
+        if n == 0 { break }
+        contents += chunk[..<n]
+    }
+    print("  read back with pread: \(quoted(contents)) (\(contents.count) bytes)")
+}

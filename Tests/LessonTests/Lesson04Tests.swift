@@ -16,12 +16,12 @@ final class Lesson04Tests: XCTestCase {
                        run.transcript)
         XCTAssert(lines.contains("read 16 bytes from an empty pipe: CQEs in the CQ when io_uring_submit returned: "
             + "0, 20 ms later: 0"), run.transcript)
-        XCTAssert(lines.contains("read from the pipe: user_data=11 res=3 flags=0 \"hi\\n\""), run.transcript)
+        XCTAssert(lines.contains("read from the pipe: user_data=5 res=3 flags=0 \"hi\\n\""), run.transcript)
     }
 
     /// A file named on the command line: its text, a short read and the 0 at EOF.
     func testReadsAGivenFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-04-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("given.txt")
         try Data("hello from the test\n".utf8).write(to: file)
@@ -30,16 +30,16 @@ final class Lesson04Tests: XCTestCase {
         try run.skipIfSkipped()
         XCTAssertEqual(run.status, 0, run.transcript)
         let lines = run.stdoutLines
-        XCTAssert(lines.contains("read 65536 bytes at offset 0: user_data=2 res=20 flags=0 "
+        XCTAssert(lines.contains("read 65536 bytes at offset 0: user_data=101 res=20 flags=0 "
             + "\"hello from the t\"...  <- short read: 20 of 65536 bytes"), run.transcript)
-        XCTAssert(lines.contains("read 65536 bytes at offset 20: user_data=3 res=0 flags=0  <- 0: end of file"),
+        XCTAssert(lines.contains("read 65536 bytes at offset 20: user_data=102 res=0 flags=0  <- 0: end of file"),
                   run.transcript)
         XCTAssert(lines.contains("the file's 20 bytes in 2 reads: \"hello from the test\\n\""), run.transcript)
     }
 
     /// A large binary file is not dumped: 8 reads shown, the rest counted, a 256-byte prefix.
     func testBoundsTheOutputForALargeFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-04-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("big.bin")
         try Data(repeating: 0xff, count: 1_000_000).write(to: file)
@@ -50,7 +50,7 @@ final class Lesson04Tests: XCTestCase {
         let lines = run.stdoutLines
         XCTAssertEqual(lines.filter { $0.hasPrefix("read 65536 bytes") }.count, 9, run.transcript)
         XCTAssert(lines.contains("... 8 more reads not shown"), run.transcript)
-        XCTAssert(lines.contains("read 65536 bytes at offset 1000000: user_data=18 res=0 flags=0  <- 0: end of file"),
+        XCTAssert(lines.contains("read 65536 bytes at offset 1000000: user_data=117 res=0 flags=0  <- 0: end of file"),
                   run.transcript)
         let prefix = "\"" + String(repeating: "\\xff", count: 256) + "\"..."
         XCTAssert(lines.contains("the file's 1000000 bytes in 17 reads, the first 256: " + prefix), run.transcript)
@@ -66,17 +66,27 @@ final class Lesson04Tests: XCTestCase {
 
     /// A directory opens with O_RDONLY; it is the read that fails.
     func testDirectory() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-04-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let run = try Lesson("04").run([dir.path])
         try run.skipIfSkipped()
         run.assertError(mentioning: "-EISDIR", "read at offset 0")
     }
 
+    /// The read's error path closes the file it opened before it exits.
+    func testDirectoryLeavesNoFDOpen() throws {
+        let dir = try makeScratchDirectory("lesson-04-input")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let run = try Lesson("04").run([dir.path], timeout: 120, wrapper: Run.valgrind)
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 1, run.transcript)
+        XCTAssertEqual(run.fdsOpenAtExit, [], run.transcript)
+    }
+
     /// A FIFO cannot seek: the lesson reads it at offset -1, gets the writer's bytes, then 0
     /// when the writer closes.
     func testReadsAFIFOAtOffsetMinusOne() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-04-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let fifo = dir.appendingPathComponent("fifo").path
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
@@ -96,9 +106,9 @@ final class Lesson04Tests: XCTestCase {
         try run.skipIfSkipped()
         XCTAssertEqual(run.status, 0, run.transcript)
         let lines = run.stdoutLines
-        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=2 res=15 flags=0 "
+        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=101 res=15 flags=0 "
             + "\"through a pipe\\n\"  <- short read: 15 of 65536 bytes"), run.transcript)
-        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=3 res=0 flags=0  "
+        XCTAssert(lines.contains("read 65536 bytes at offset -1 (not seekable): user_data=102 res=0 flags=0  "
             + "<- 0: end of file"), run.transcript)
         XCTAssert(lines.contains("the file's 15 bytes in 2 reads: \"through a pipe\\n\""), run.transcript)
     }
@@ -111,12 +121,5 @@ final class Lesson04Tests: XCTestCase {
     func testTooManyArguments() throws {
         let run = try Lesson("04").run(["a", "b"])
         run.assertError(mentioning: "too many arguments", "usage")
-    }
-
-    private func makeDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory
-            .appendingPathComponent("lesson-04-input-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
     }
 }
