@@ -132,7 +132,47 @@ while sqFlags(ring) & IORING_SQ_NEED_WAKEUP == 0 {
 print("before any submission: sq flags \(describe(sqFlags: sqFlags(ring))): nothing to do, the thread sleeps")
 
 // Now that the thread has run, fdinfo names it (until it first runs, SqThread shows the pid
-// of the task that created the ring) and it has given itself its name.
+// of the task that created the ring) and it has given itself its name. The small readers of
+// /proc files that say so come first (they were at the end of the file, unannounced).
+
+/// A whole small file (from /proc), or nil if it cannot be read.
+func readText(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { break }
+        bytes += chunk[..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// A field of the ring fd's /proc/self/fdinfo entry (`SqThread:\t1234`), as text.
+func fdinfoValue(_ ring: Ring, _ field: String) -> String? {
+    guard let text = readText("/proc/self/fdinfo/\(ring.pointee.ring_fd)") else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+        return String(line.dropFirst(field.count + 1).drop { $0 == " " || $0 == "\t" })
+    }
+    return nil
+}
+
+/// The CPUs a thread of ours (a tid, or "self" for the main thread) may run on: `0-1` here.
+func allowedCPUs(_ thread: String) -> String {
+    let path = thread == "self" ? "/proc/self/status" : "/proc/self/task/\(thread)/status"
+    guard let text = readText(path) else { return "?" }
+    for line in text.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
+        return String(line.dropFirst("Cpus_allowed_list:".count).drop { $0 == " " || $0 == "\t" })
+    }
+    return "?"
+}
+
+extension String {
+    var firstLine: String { String(prefix { $0 != "\n" }) }
+}
+
 let threadID = fdinfoValue(ring, "SqThread") ?? "?"
 let threadName = readText("/proc/self/task/\(threadID)/comm")?.firstLine ?? "?"
 print("SQ thread: tid \(threadID), named \(threadName), may run on CPUs \(allowedCPUs(threadID))")
@@ -228,6 +268,11 @@ print("while the thread was awake: 8 submissions, \(wakeUps.count - wakeUpsBefor
 // thread sets NEED_WAKEUP and sleeps. It uses no CPU now, and it would never notice a new SQE
 // by itself: only a wake-up brings it back, which io_uring_submit does for NOP 10.
 
+/// Whole milliseconds of a duration.
+func milliseconds(_ duration: Duration) -> Int64 {
+    duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+}
+
 let idleStarted = lastSubmission
 var idleFor: Duration = .zero
 while sqFlags(ring) & IORING_SQ_NEED_WAKEUP == 0 {
@@ -289,48 +334,3 @@ let badRet = io_uring_queue_init_params(8, badRing, &badParams)
 if badRet == 0 { io_uring_queue_exit(badRing) }
 badRing.deallocate()
 print("SQ_AFF, sq_thread_cpu=4096: io_uring_queue_init_params = \(describe(res: badRet))")
-
-// MARK: - Reading /proc
-
-/// A whole small file (from /proc), or nil if it cannot be read.
-func readText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { break }
-        bytes += chunk[..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
-
-/// A field of the ring fd's /proc/self/fdinfo entry (`SqThread:\t1234`), as text.
-func fdinfoValue(_ ring: Ring, _ field: String) -> String? {
-    guard let text = readText("/proc/self/fdinfo/\(ring.pointee.ring_fd)") else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
-        return String(line.dropFirst(field.count + 1).drop { $0 == " " || $0 == "\t" })
-    }
-    return nil
-}
-
-/// The CPUs a thread of ours (a tid, or "self" for the main thread) may run on: `0-1` here.
-func allowedCPUs(_ thread: String) -> String {
-    let path = thread == "self" ? "/proc/self/status" : "/proc/self/task/\(thread)/status"
-    guard let text = readText(path) else { return "?" }
-    for line in text.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-        return String(line.dropFirst("Cpus_allowed_list:".count).drop { $0 == " " || $0 == "\t" })
-    }
-    return "?"
-}
-
-/// Whole milliseconds of a duration.
-func milliseconds(_ duration: Duration) -> Int64 {
-    duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
-}
-
-extension String {
-    var firstLine: String { String(prefix { $0 != "\n" }) }
-}
