@@ -110,6 +110,17 @@ default:
 // A file on tmpfs, overlayfs, btrfs or a network filesystem has a device number with no such
 // entry (an anonymous device, major 0 for most): then there is no disk whose queue we can read.
 
+/// The first line of a small file (sysfs), or nil if it cannot be read.
+func readFirstLine(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 256)
+    let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard n > 0 else { return nil }
+    return String(decoding: bytes[..<n].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+}
+
 var diskName: String? = nil
 var ioPoll: String? = nil
 if let linked = realpath("/sys/dev/block/\(device.major):\(device.minor)", nil) {
@@ -281,16 +292,3 @@ destroyRing(pollRing)
 close(directFD)
 close(bufferFD)
 buffer.deallocate()
-
-// MARK: - Reading sysfs
-
-/// The first line of a small file (sysfs), or nil if it cannot be read.
-func readFirstLine(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes = [UInt8](repeating: 0, count: 256)
-    let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    guard n > 0 else { return nil }
-    return String(decoding: bytes[..<n].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
-}
