@@ -133,7 +133,10 @@ io_uring_sqe_set_data64(sqe, 2)
 checkSubmit(io_uring_submit(ring), 1)
 let readvCQE = waitCQE(ring)
 printCQE(readvCQE, "readv")
-guard readvCQE.res >= 0 else { fail("readv completed with res=\(describe(res: readvCQE.res))") }
+guard readvCQE.res >= 0 else {
+    close(fd)
+    fail("readv completed with res=\(describe(res: readvCQE.res))")
+}
 
 var left = Int(readvCQE.res)
 var reassembled: [UInt8] = []

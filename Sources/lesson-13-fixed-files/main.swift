@@ -45,17 +45,22 @@ for (name, text) in [("apple.txt", "apple\n"), ("banana.txt", "banana\n"), ("che
     paths[name] = makeTempFile(named: name, contents: Array(text.utf8))  // removed at exit
 }
 
-/// Open one of the temp files with open(2) and say which fd it got (fd numbers vary).
-func openFile(_ name: String, _ paths: [String: String]) -> Int32 {
+/// Open one of the temp files with open(2) and say which fd it got (fd numbers vary). If it
+/// cannot, close `opened` (the fds opened before it) and stop.
+func openFile(_ name: String, _ paths: [String: String], opened: [Int32] = []) -> Int32 {
     let path = paths[name] ?? ""
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+    guard fd >= 0 else {
+        let reason = describe(res: -errno)
+        for other in opened { close(other) }
+        fail("cannot open \(path): \(reason)")
+    }
     print("open \(name) = fd \(fd)")
     return fd
 }
 
-let names = ["apple.txt", "banana.txt", "cherry.txt"]
-let fds = names.map { openFile($0, paths) }
+var fds: [Int32] = []
+for name in ["apple.txt", "banana.txt", "cherry.txt"] { fds.append(openFile(name, paths, opened: fds)) }
 
 // MARK: - 2. Registering the files
 //
