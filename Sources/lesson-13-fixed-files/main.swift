@@ -45,17 +45,22 @@ for (name, text) in [("apple.txt", "apple\n"), ("banana.txt", "banana\n"), ("che
     paths[name] = makeTempFile(named: name, contents: Array(text.utf8))  // removed at exit
 }
 
-/// Open one of the temp files with open(2) and say which fd it got (fd numbers vary).
-func openFile(_ name: String, _ paths: [String: String]) -> Int32 {
+/// Open one of the temp files with open(2) and say which fd it got (fd numbers vary). If it
+/// cannot, close `opened` (the fds opened before it) and stop.
+func openFile(_ name: String, _ paths: [String: String], opened: [Int32] = []) -> Int32 {
     let path = paths[name] ?? ""
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+    guard fd >= 0 else {
+        let reason = describe(res: -errno)
+        for other in opened { close(other) }
+        fail("cannot open \(path): \(reason)")
+    }
     print("open \(name) = fd \(fd)")
     return fd
 }
 
-let names = ["apple.txt", "banana.txt", "cherry.txt"]
-let fds = names.map { openFile($0, paths) }
+var fds: [Int32] = []
+for name in ["apple.txt", "banana.txt", "cherry.txt"] { fds.append(openFile(name, paths, opened: fds)) }
 
 // MARK: - 2. Registering the files
 //
@@ -69,7 +74,10 @@ let fds = names.map { openFile($0, paths) }
 
 let registered = io_uring_register_files(ring, fds, UInt32(fds.count))
 print("io_uring_register_files([\(fds.map(String.init).joined(separator: ", "))]) = \(describe(res: registered))")
-guard registered == 0 else { fail("io_uring_register_files returned \(describe(res: registered))") }
+guard registered == 0 else {
+    for fd in fds { close(fd) }
+    fail("io_uring_register_files returned \(describe(res: registered))")
+}
 print("io_uring_register_files again, while the table exists = "
     + describe(res: io_uring_register_files(ring, fds, UInt32(fds.count))))
 
@@ -78,22 +86,21 @@ print("io_uring_register_files again, while the table exists = "
 // With IOSQE_FIXED_FILE set in the SQE's flags, the kernel takes the SQE's fd field as an
 // index into the ring's file table. Here it is 0, 1 or 2, which as plain fds would be stdin,
 // stdout and stderr: without the flag these very SQEs would read from those. Each read has a
-// buffer of its own, allocated and kept until its CQE has arrived (the lab's buffer rule), and
-// `submitAndWait` (io_uring_submit, then io_uring_wait_cqe / cqe_seen) returns a copy of the
-// CQE. The SQ has 8 entries and one request is in flight at a time, so `getSQE` cannot fail.
-
-var userData: UInt64 = 0
+// buffer of its own, allocated and kept until its CQE has arrived (the lab's buffer rule); it
+// is submitted with io_uring_submit and reaped with `waitCQE` (io_uring_wait_cqe, a copy of
+// the CQE, io_uring_cqe_seen). The SQ has 8 entries and one request is in flight at a time, so
+// `getSQE` cannot fail. Every read gets a user_data of its own, written where it is called:
+// 11, 12, 13 for the first three reads, 21, 22, 23 for the three after them, 31, 32, 33 in
+// section 4, and on by tens, so a CQE line says which read it answers.
 
 /// Read up to 64 bytes at offset 0 of the file in `slot` of the registered table, and print
 /// the CQE and the bytes read.
-func readSlot(_ ring: Ring, _ slot: Int32, _ label: String,
-              _ userData: inout UInt64) {
+func readSlot(_ ring: Ring, _ slot: Int32, _ label: String, userData: UInt64) {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
     defer { buffer.deallocate() }  // runs after the CQE has arrived
     let sqe = getSQE(ring)
     io_uring_prep_read(sqe, slot, buffer.baseAddress, UInt32(buffer.count), 0)  // fd field = slot
     io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE)                          // "it is an index"
-    userData += 1
     io_uring_sqe_set_data64(sqe, userData)
     checkSubmit(io_uring_submit(ring), 1)
     let cqe = waitCQE(ring)
@@ -102,7 +109,7 @@ func readSlot(_ ring: Ring, _ slot: Int32, _ label: String,
 }
 
 print("reads with IOSQE_FIXED_FILE, the SQE's fd field holding the slot index:")
-for slot: Int32 in 0..<3 { readSlot(ring, slot, "", &userData) }
+for slot: Int32 in 0..<3 { readSlot(ring, slot, "", userData: 11 + UInt64(slot)) }
 
 // Now close the fds we registered. close(2) removes each from the *process's* file table, and
 // fcntl(F_GETFD) shows it: the fd no longer exists. But the ring's table took its own
@@ -125,30 +132,20 @@ for fd in fds {
 /// Print the "UserFiles" part of the ring fd's fdinfo: the table size and each filled slot.
 func printFileTable(_ ring: Ring) {
     let path = "/proc/self/fdinfo/\(ring.pointee.ring_fd)"
-    guard let file = fopen(path, "r") else { fail("cannot read \(path): \(describe(res: -errno))") }
-    defer { fclose(file) }
-    var line = [CChar](repeating: 0, count: 4096)
-    var inTable = false
-    var found = false
-    while fgets(&line, Int32(line.count), file) != nil {
-        var text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if text.last == "\n" { text.removeLast() }
-        if text.hasPrefix("UserFiles:") {
-            inTable = true
-            found = true
-            print("fdinfo of the ring fd: UserFiles: " + text.dropFirst("UserFiles:".count).filter { $0 != "\t" && $0 != " " })
-        } else if inTable && text.hasPrefix(" ") {
-            print("  " + text.drop { $0 == " " })  // "0: /path/to/file"
-        } else {
-            inTable = false
-        }
+    guard let lines = readLines(path) else { print("(cannot read \(path))"); return }
+    guard let start = lines.firstIndex(where: { $0.hasPrefix("UserFiles:") }) else {
+        print("(this kernel's fdinfo has no UserFiles line)")
+        return
     }
-    if !found { print("(this kernel's fdinfo has no UserFiles line)") }
+    print("fdinfo of the ring fd: UserFiles: " + lines[start].dropFirst("UserFiles:".count).filter { $0 != "\t" && $0 != " " })
+    for slotLine in lines[(start + 1)...].prefix(while: { $0.hasPrefix(" ") }) {
+        print("  " + slotLine.drop { $0 == " " })  // "0: /path/to/file"
+    }
 }
 
 printFileTable(ring)
 print("the same reads after the fds were closed:")
-for slot: Int32 in 0..<3 { readSlot(ring, slot, "", &userData) }
+for slot: Int32 in 0..<3 { readSlot(ring, slot, "", userData: 21 + UInt64(slot)) }
 
 // MARK: - 4. Updating slots
 //
@@ -165,13 +162,13 @@ let damson = openFile("damson.txt", paths)
 print("io_uring_register_files_update(offset 1, [\(damson)]) = "
     + describe(res: io_uring_register_files_update(ring, 1, [damson], 1)))
 print("close(\(damson)) = \(close(damson))")
-readSlot(ring, 1, " (updated)", &userData)
+readSlot(ring, 1, " (updated)", userData: 31)
 
 print("io_uring_register_files_update(offset 2, [-1]) = "
     + describe(res: io_uring_register_files_update(ring, 2, [-1], 1)))
 printFileTable(ring)
-readSlot(ring, 2, " (emptied)", &userData)
-readSlot(ring, 3, " (past the end of the 3-slot table)", &userData)
+readSlot(ring, 2, " (emptied)", userData: 32)
+readSlot(ring, 3, " (past the end of the 3-slot table)", userData: 33)
 
 // MARK: - 5. Several slots in one update, and an update that stops part-way
 //
@@ -191,7 +188,10 @@ readSlot(ring, 3, " (past the end of the 3-slot table)", &userData)
 print("updates of several slots in one call:")
 let banana = openFile("banana.txt", paths)
 let notOpen: Int32 = 999
-guard fcntl(notOpen, F_GETFD) < 0 else { fail("fd \(notOpen) is open in this process; the lesson needs a closed fd") }
+guard fcntl(notOpen, F_GETFD) < 0 else {
+    close(banana)
+    fail("fd \(notOpen) is open in this process; the lesson needs a closed fd")
+}
 print("fcntl(\(notOpen), F_GETFD) fails with \(describe(res: -errno)): fd \(notOpen) is not open")
 let skipEntry = IORING_REGISTER_FILES_SKIP  // -2
 for update in [[skipEntry, banana, skipEntry], [banana, notOpen], [notOpen, banana]] {
@@ -200,7 +200,7 @@ for update in [[skipEntry, banana, skipEntry], [banana, notOpen], [notOpen, bana
     printFileTable(ring)
 }
 print("close(\(banana)) = \(close(banana))")
-readSlot(ring, 0, " (emptied by the failed update)", &userData)
+readSlot(ring, 0, " (emptied by the failed update)", userData: 41)
 
 // MARK: - 6. Unregistering
 //
@@ -211,7 +211,7 @@ readSlot(ring, 0, " (emptied by the failed update)", &userData)
 
 print("io_uring_unregister_files = \(describe(res: io_uring_unregister_files(ring)))")
 printFileTable(ring)
-readSlot(ring, 0, " (no table)", &userData)
+readSlot(ring, 0, " (no table)", userData: 51)
 print("io_uring_unregister_files again = \(describe(res: io_uring_unregister_files(ring)))")
 
 // MARK: - 7. A sparse table
@@ -229,12 +229,12 @@ let sparse = io_uring_register_files_sparse(ring, sparseSlots)
 print("io_uring_register_files_sparse(\(sparseSlots)) = \(describe(res: sparse))")
 if sparse == 0 {
     printFileTable(ring)
-    readSlot(ring, 0, " (never filled)", &userData)
+    readSlot(ring, 0, " (never filled)", userData: 61)
     let apple = openFile("apple.txt", paths)
     print("io_uring_register_files_update(offset 3, [\(apple)]) = "
         + describe(res: io_uring_register_files_update(ring, 3, [apple], 1)))
     print("close(\(apple)) = \(close(apple))")
-    readSlot(ring, 3, " (filled)", &userData)
+    readSlot(ring, 3, " (filled)", userData: 62)
     print("io_uring_unregister_files = \(describe(res: io_uring_unregister_files(ring)))")
 } else if sparse == -EINVAL {
     // A kernel before 5.19 rejects the sparse flag (IORING_REGISTER_FILES2 with

@@ -52,17 +52,9 @@ for (index, buffer) in buffers.enumerated() {
 
 /// The VmPin line of /proc/self/status: memory of ours that the kernel has pinned ("12 kB").
 func pinned() -> String {
-    guard let file = fopen("/proc/self/status", "r") else { return "?" }
-    defer { fclose(file) }
-    var line = [CChar](repeating: 0, count: 256)
-    while fgets(&line, Int32(line.count), file) != nil {
-        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if text.hasPrefix("VmPin:") {
-            return text.dropFirst("VmPin:".count).filter { $0 != "\t" && $0 != "\n" }
-                .split(separator: " ").joined(separator: " ")
-        }
-    }
-    return "(no VmPin line)"
+    guard let status = readLines("/proc/self/status") else { return "?" }
+    guard let line = status.first(where: { $0.hasPrefix("VmPin:") }) else { return "(no VmPin line)" }
+    return line.dropFirst("VmPin:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ")
 }
 
 // MARK: - 2. Registering the buffers
@@ -75,12 +67,14 @@ func pinned() -> String {
 // shows it.
 //
 // A process without CAP_IPC_LOCK has those pages charged against RLIMIT_MEMLOCK (`ulimit -l`);
-// over the limit, registering fails with -ENOMEM. The count is kept per user, not per process,
-// the ring's own memory is charged to it too (Linux 6.14 and later, as it was in 5.1 to 5.11;
-// not in 5.12 to 6.13), and a finished process's share is given back a moment after it exits
-// (exercise 2). The kernel's default limit was only 64 KiB before 5.16 (8 MiB since, commit
-// 9dcc38e2813e), so there it bit almost everyone; systemd, PAM and container runtimes set their
-// own, so `ulimit -l` is what counts. Root has CAP_IPC_LOCK and is not charged.
+// over the limit, registering fails with -ENOMEM, and the lesson closes its file and says so,
+// naming the limit (as lesson 01 does for a ring refused for the same reason). The count is
+// kept per user, not per process, the ring's own memory is charged to it too (Linux 6.14 and
+// later, as it was in 5.1 to 5.11; not in 5.12 to 6.13), and a finished process's share is
+// given back a moment after it exits (exercise 2). The kernel's default limit was only 64 KiB
+// before 5.16 (8 MiB since, commit 9dcc38e2813e), so there it bit almost everyone; systemd,
+// PAM and container runtimes set their own, so `ulimit -l` is what counts. Root has
+// CAP_IPC_LOCK and is not charged.
 //
 // A ring has one buffer table. Registering again while it exists is -EBUSY.
 
@@ -88,7 +82,11 @@ var iovecs = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
 print("VmPin before registering: \(pinned())")
 let registered = io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))
 print("io_uring_register_buffers(\(iovecs.count) iovecs) = \(describe(res: registered))")
-guard registered == 0 else { fail("io_uring_register_buffers returned \(describe(res: registered))") }
+guard registered == 0 else {
+    close(fd)
+    fail("io_uring_register_buffers returned \(describe(res: registered))" + (registered == -ENOMEM
+        ? ": without CAP_IPC_LOCK the pinned pages count against RLIMIT_MEMLOCK (ulimit -l)" : ""))
+}
 print("VmPin after registering: \(pinned())")
 print("io_uring_register_buffers again, while the table exists = "
     + describe(res: io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))))
@@ -102,17 +100,16 @@ print("io_uring_register_buffers again, while the table exists = "
 //
 // The memory is still ours to write into between requests (the pinned pages are the very
 // pages we see), but not while a request that uses it is in flight: each request here is
-// submitted and its CQE awaited (`submitAndWait`) before the next, and the ring's 8 SQEs
-// are never all taken, so `getSQE` cannot fail.
-
-var userData: UInt64 = 0
+// submitted (io_uring_submit) and its CQE awaited (`waitCQE`) before the next, and the ring's
+// 8 SQEs are never all taken, so `getSQE` cannot fail. Each request's user_data is written
+// where it is made: 11, 12, 13 in this section, 21 to 25 in section 4, 31 in section 5.
 
 /// A fixed read or write of `length` bytes at file offset `fileOffset`, from or into the address
 /// `start` bytes into buffer `within`, naming buf_index `index` (normally `within`; sections 4
 /// and 5 make them disagree on purpose). Submits it, waits, prints the CQE and returns it.
 func fixedIO(_ ring: Ring, write: Bool, fd: Int32,
              _ buffers: [UnsafeMutableRawBufferPointer], within: Int, start: Int, length: Int,
-             fileOffset: UInt64, index: Int32, note: String, _ userData: inout UInt64) -> io_uring_cqe {
+             fileOffset: UInt64, index: Int32, note: String, userData: UInt64) -> io_uring_cqe {
     guard let base = buffers[within].baseAddress else { fail("buffer \(within) has no memory") }
     let address = base + start
     let sqe = getSQE(ring)
@@ -121,7 +118,6 @@ func fixedIO(_ ring: Ring, write: Bool, fd: Int32,
     } else {
         io_uring_prep_read_fixed(sqe, fd, address, UInt32(length), fileOffset, index)
     }
-    userData += 1
     io_uring_sqe_set_data64(sqe, userData)
     checkSubmit(io_uring_submit(ring), 1)
     let cqe = waitCQE(ring)
@@ -136,15 +132,15 @@ buffers[0].copyBytes(from: first)                                               
 UnsafeMutableRawBufferPointer(rebasing: buffers[0][1000...]).copyBytes(from: second)  // at buffer 0 + 1000
 
 _ = fixedIO(ring, write: true, fd: fd, buffers, within: 0, start: 0, length: first.count,
-            fileOffset: 0, index: 0, note: ", file offset 0", &userData)
+            fileOffset: 0, index: 0, note: ", file offset 0", userData: 11)
 _ = fixedIO(ring, write: true, fd: fd, buffers, within: 0, start: 1000, length: second.count,
-            fileOffset: UInt64(first.count), index: 0, note: ", file offset \(first.count)", &userData)
+            fileOffset: UInt64(first.count), index: 0, note: ", file offset \(first.count)", userData: 12)
 
 // Read the file back into buffer 1, not at its start but 10 bytes before its first page ends:
 // the bytes land across the page boundary, and a registered buffer may span many pages.
 let readStart = pageSize - 10
 let readBack = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: readStart, length: 100,
-                       fileOffset: 0, index: 1, note: ", file offset 0", &userData)
+                       fileOffset: 0, index: 1, note: ", file offset 0", userData: 13)
 if readBack.res > 0 {
     print("read back: " + quoted(buffers[1][readStart..<(readStart + Int(readBack.res))]))
 }
@@ -158,20 +154,20 @@ if readBack.res > 0 {
 
 print("inside and outside buffer 0 (\(buffers[0].count) bytes):")
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 0, start: pageSize - 16, length: 16,
-            fileOffset: 0, index: 0, note: " (its last 16 bytes)", &userData)
+            fileOffset: 0, index: 0, note: " (its last 16 bytes)", userData: 21)
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 0, start: pageSize, length: 16,
-            fileOffset: 0, index: 0, note: " (just past its end)", &userData)
+            fileOffset: 0, index: 0, note: " (just past its end)", userData: 22)
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 0, start: pageSize - 10, length: 16,
-            fileOffset: 0, index: 0, note: " (10 inside, 6 past its end)", &userData)
+            fileOffset: 0, index: 0, note: " (10 inside, 6 past its end)", userData: 23)
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: 0, length: 16,
-            fileOffset: 0, index: 0, note: " (buffer 1's memory, named as buffer 0)", &userData)
+            fileOffset: 0, index: 0, note: " (buffer 1's memory, named as buffer 0)", userData: 24)
 
 // A buf_index past the end of the table finds no buffer. Linux answers that with -EFAULT as
 // well: to the kernel it is the same mistake, memory the request says is registered and is not.
 // (man 2 io_uring_enter lists EINVAL for an invalid buf_index; the kernel has said -EFAULT since
 // 5.1.)
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: 0, length: 16,
-            fileOffset: 0, index: Int32(buffers.count), note: " (the table has \(buffers.count))", &userData)
+            fileOffset: 0, index: Int32(buffers.count), note: " (the table has \(buffers.count))", userData: 25)
 
 // MARK: - 5. Unregistering
 //
@@ -189,7 +185,7 @@ _ = fixedIO(ring, write: false, fd: fd, buffers, within: 1, start: 0, length: 16
 print("io_uring_unregister_buffers = \(describe(res: io_uring_unregister_buffers(ring)))")
 print("VmPin after unregistering: \(pinned())")
 _ = fixedIO(ring, write: false, fd: fd, buffers, within: 0, start: 0, length: 16,
-            fileOffset: 0, index: 0, note: " (no table)", &userData)
+            fileOffset: 0, index: 0, note: " (no table)", userData: 31)
 print("io_uring_unregister_buffers again = \(describe(res: io_uring_unregister_buffers(ring)))")
 
 for buffer in buffers { buffer.deallocate() }

@@ -41,6 +41,19 @@ let clock = ContinuousClock()
 // io_uring itself is unavailable here, makeRing says why and skips). Then we try one SQPOLL
 // ring ourselves: -EPERM from it, after a plain ring worked, is the privilege check of a kernel
 // before 5.13, not seccomp or the io_uring_disabled sysctl that makeRing would blame.
+// (makeRing exits when setup fails; for this try, and for section 7's, the failure is the
+// answer we want, so `trySetup` calls liburing itself.)
+
+/// io_uring_queue_init_params on a ring made only for its answer: 0 (the ring is torn down at
+/// once) or the -errno of the refusal.
+func trySetup(entries: UInt32, _ params: inout io_uring_params) -> Int32 {
+    let ring = Ring.allocate(capacity: 1)
+    defer { ring.deallocate() }
+    ring.initialize(to: io_uring())
+    let ret = io_uring_queue_init_params(entries, ring, &params)
+    if ret == 0 { io_uring_queue_exit(ring) }
+    return ret
+}
 
 var plainParams = io_uring_params()
 let plainRing = makeRing(entries: 1, params: &plainParams)
@@ -57,14 +70,9 @@ guard plainParams.features & IORING_FEAT_NATIVE_WORKERS != 0 else {
         + "thread outside this process, which the lesson cannot watch in /proc/self/task")
 }
 
-let probeRing = Ring.allocate(capacity: 1)
-probeRing.initialize(to: io_uring())
 var probeParams = io_uring_params()
 probeParams.flags = IORING_SETUP_SQPOLL
-let probe = io_uring_queue_init_params(1, probeRing, &probeParams)
-if probe == 0 { io_uring_queue_exit(probeRing) }
-probeRing.deallocate()
-if probe == -EPERM {
+if trySetup(entries: 1, &probeParams) == -EPERM {
     skip("io_uring_setup with IORING_SETUP_SQPOLL returned -EPERM (-1), while a plain ring works: "
         + "on Linux 5.11 and 5.12 SQPOLL needs CAP_SYS_NICE (or root); since 5.13 it needs no privilege. "
         + "Run as root, or give the binary the capability: sudo setcap cap_sys_nice+ep <binary>")
@@ -132,10 +140,20 @@ while sqFlags(ring) & IORING_SQ_NEED_WAKEUP == 0 {
 print("before any submission: sq flags \(describe(sqFlags: sqFlags(ring))): nothing to do, the thread sleeps")
 
 // Now that the thread has run, fdinfo names it (until it first runs, SqThread shows the pid
-// of the task that created the ring) and it has given itself its name.
-let threadID = fdinfoValue(ring, "SqThread") ?? "?"
-let threadName = readText("/proc/self/task/\(threadID)/comm")?.firstLine ?? "?"
-print("SQ thread: tid \(threadID), named \(threadName), may run on CPUs \(allowedCPUs(threadID))")
+// of the task that created the ring) and it has given itself its name. Its status file says
+// where it may run. These /proc files are lines of `Name:<tab>value` (read with LabSupport's
+// readLines); `procField` picks out one value.
+
+/// The value on the `name:` line of a /proc file (`SqThread:\t1234` gives "1234"), or nil.
+func procField(_ name: String, in path: String) -> String? {
+    readLines(path)?.first { $0.hasPrefix(name + ":") }
+        .map { String($0.dropFirst(name.count + 1).drop { $0 == " " || $0 == "\t" }) }
+}
+
+let threadID = procField("SqThread", in: "/proc/self/fdinfo/\(ring.pointee.ring_fd)") ?? "?"
+let threadName = readLines("/proc/self/task/\(threadID)/comm")?.first ?? "?"
+let threadCPUs = procField("Cpus_allowed_list", in: "/proc/self/task/\(threadID)/status") ?? "?"
+print("SQ thread: tid \(threadID), named \(threadName), may run on CPUs \(threadCPUs)")
 
 // MARK: - 4. Submitting, and reaping by polling the CQ
 //
@@ -195,7 +213,7 @@ func submitNOP(_ number: Int, _ ring: Ring, clock: ContinuousClock,
     let needsWakeUp = before & IORING_SQ_NEED_WAKEUP != 0
     lastSubmission = clock.now
     let ret = io_uring_submit(ring)
-    guard ret == 1 else { fail("io_uring_submit returned \(describe(res: ret)), expected 1") }
+    checkSubmit(ret, 1)
     submitted += 1
     if needsWakeUp { wakeUps.append(number) }
     let cqe = spinForCQE(ring, clock: clock)
@@ -236,7 +254,7 @@ while sqFlags(ring) & IORING_SQ_NEED_WAKEUP == 0 {
     usleep(1000)
 }
 idleFor = clock.now - idleStarted
-print("idle: sq flags \(describe(sqFlags: sqFlags(ring))) \(milliseconds(idleFor)) ms after the last "
+print("idle: sq flags \(describe(sqFlags: sqFlags(ring))) \(Int(idleFor / .milliseconds(1))) ms after the last "
     + "submission (sq_thread_idle=\(idleMilliseconds) ms)")
 
 submitNOP(10, ring, clock: clock, submitted: &submitted, wakeUps: &wakeUps, lastSubmission: &lastSubmission)
@@ -264,7 +282,7 @@ print("after destroyRing: SQ thread \(threadID) "
 // machines, 1 under `taskset -c 1`), let the thread start (it sleeps at once, nothing to do),
 // and read back where it may run.
 
-let firstCPU = UInt32(allowedCPUs("self").prefix { $0.isNumber }) ?? 0
+let firstCPU = UInt32((procField("Cpus_allowed_list", in: "/proc/self/status") ?? "").prefix { $0.isNumber }) ?? 0
 var pinnedParams = io_uring_params()
 pinnedParams.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF
 pinnedParams.sq_thread_cpu = firstCPU
@@ -274,63 +292,14 @@ let pinnedStarted = clock.now
 while sqFlags(pinnedRing) & IORING_SQ_NEED_WAKEUP == 0 && clock.now - pinnedStarted < .seconds(3) {
     usleep(1000)
 }
-let pinnedThread = fdinfoValue(pinnedRing, "SqThread") ?? "?"
-print("SQ_AFF, sq_thread_cpu=\(firstCPU): fdinfo SqThreadCpu \(fdinfoValue(pinnedRing, "SqThreadCpu") ?? "?"), "
-    + "thread may run on CPUs \(allowedCPUs(pinnedThread))")
+let pinnedFdinfo = "/proc/self/fdinfo/\(pinnedRing.pointee.ring_fd)"
+let pinnedThread = procField("SqThread", in: pinnedFdinfo) ?? "?"
+print("SQ_AFF, sq_thread_cpu=\(firstCPU): fdinfo SqThreadCpu \(procField("SqThreadCpu", in: pinnedFdinfo) ?? "?"), "
+    + "thread may run on CPUs \(procField("Cpus_allowed_list", in: "/proc/self/task/\(pinnedThread)/status") ?? "?")")
 destroyRing(pinnedRing)
 
 // A CPU this machine does not have: the kernel refuses the ring (and creates no thread).
-let badRing = Ring.allocate(capacity: 1)
-badRing.initialize(to: io_uring())
 var badParams = io_uring_params()
 badParams.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF
 badParams.sq_thread_cpu = 4096
-let badRet = io_uring_queue_init_params(8, badRing, &badParams)
-if badRet == 0 { io_uring_queue_exit(badRing) }
-badRing.deallocate()
-print("SQ_AFF, sq_thread_cpu=4096: io_uring_queue_init_params = \(describe(res: badRet))")
-
-// MARK: - Reading /proc
-
-/// A whole small file (from /proc), or nil if it cannot be read.
-func readText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { break }
-        bytes += chunk[..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
-
-/// A field of the ring fd's /proc/self/fdinfo entry (`SqThread:\t1234`), as text.
-func fdinfoValue(_ ring: Ring, _ field: String) -> String? {
-    guard let text = readText("/proc/self/fdinfo/\(ring.pointee.ring_fd)") else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
-        return String(line.dropFirst(field.count + 1).drop { $0 == " " || $0 == "\t" })
-    }
-    return nil
-}
-
-/// The CPUs a thread of ours (a tid, or "self" for the main thread) may run on: `0-1` here.
-func allowedCPUs(_ thread: String) -> String {
-    let path = thread == "self" ? "/proc/self/status" : "/proc/self/task/\(thread)/status"
-    guard let text = readText(path) else { return "?" }
-    for line in text.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-        return String(line.dropFirst("Cpus_allowed_list:".count).drop { $0 == " " || $0 == "\t" })
-    }
-    return "?"
-}
-
-/// Whole milliseconds of a duration.
-func milliseconds(_ duration: Duration) -> Int64 {
-    duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
-}
-
-extension String {
-    var firstLine: String { String(prefix { $0 != "\n" }) }
-}
+print("SQ_AFF, sq_thread_cpu=4096: io_uring_queue_init_params = \(describe(res: trySetup(entries: 8, &badParams)))")

@@ -109,6 +109,7 @@ default:
 //   logical_block_size  the unit O_DIRECT offsets and lengths must be multiples of.
 // A file on tmpfs, overlayfs, btrfs or a network filesystem has a device number with no such
 // entry (an anonymous device, major 0 for most): then there is no disk whose queue we can read.
+// Each of these files is one line, read with LabSupport's readLines.
 
 var diskName: String? = nil
 var ioPoll: String? = nil
@@ -123,7 +124,7 @@ if let linked = realpath("/sys/dev/block/\(device.major):\(device.minor)", nil) 
     diskName = disk
     print("block device: \(device.major):\(device.minor) is \(name)"
         + (name == disk ? ", a whole disk" : ", a partition of \(disk)"))
-    ioPoll = readFirstLine(diskPath + "/queue/io_poll")
+    ioPoll = readLines(diskPath + "/queue/io_poll")?.first
     let meaning: String
     switch ioPoll {
     case "1": meaning = "\(disk) has poll queues: its completions can be polled"
@@ -131,8 +132,8 @@ if let linked = realpath("/sys/dev/block/\(device.major):\(device.minor)", nil) 
     default: meaning = "not readable"
     }
     print("io_poll: \(ioPoll ?? "?") (/sys/block/\(disk)/queue/io_poll): \(meaning)")
-    print("io_poll_delay: \(readFirstLine(diskPath + "/queue/io_poll_delay") ?? "?")")
-    print("logical_block_size: \(readFirstLine(diskPath + "/queue/logical_block_size") ?? "?")")
+    print("io_poll_delay: \(readLines(diskPath + "/queue/io_poll_delay")?.first ?? "?")")
+    print("logical_block_size: \(readLines(diskPath + "/queue/logical_block_size")?.first ?? "?")")
 } else {
     print("block device: none: /sys/dev/block/\(device.major):\(device.minor) does not exist "
         + "(tmpfs, overlayfs, btrfs and network filesystems have no disk this lesson can find)")
@@ -155,6 +156,10 @@ if let linked = realpath("/sys/dev/block/\(device.major):\(device.minor)", nil) 
 // A misaligned request is not an I/O error but a malformed one: -EINVAL in its CQE. We
 // allocate the buffer page-aligned (4096), which satisfies every disk's memory rule, and as
 // always it stays allocated until the last CQE that uses it has arrived.
+//
+// Every read from here on, on either ring, is one `readOnce`: io_uring_submit, then `waitCQE`
+// (io_uring_wait_cqe, a copy of the CQE, io_uring_cqe_seen). On the IOPOLL ring of sections 5
+// and 6, that io_uring_wait_cqe is where the polling happens.
 
 if info.stx_mask & UInt32(STATX_DIOALIGN) != 0 {
     print("O_DIRECT alignment (statx STATX_DIOALIGN): buffer address \(info.stx_dio_mem_align), "
@@ -177,25 +182,36 @@ if directFD < 0 {
     fail("cannot open \(path) with O_DIRECT: \(describe(res: -error))")
 }
 let bufferFD = open(path, O_RDONLY)
-guard bufferFD >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+guard bufferFD >= 0 else {
+    let reason = describe(res: -errno)
+    close(directFD)
+    fail("cannot open \(path): \(reason)")
+}
 
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * readSize, alignment: 4096)
 buffer.initializeMemory(as: UInt8.self, repeating: 0)
 guard let base = buffer.baseAddress else { fail("cannot allocate the buffer") }
 
-print("O_DIRECT reads on a ring without IOPOLL:")
-let tries: [(label: String, address: UnsafeMutableRawPointer, length: Int, offset: UInt64)] = [
-    ("\(readSize) bytes at offset 0 into a page-aligned buffer", base, readSize, 0),
-    ("\(readSize) bytes at offset 1", base, readSize, 1),
-    ("\(readSize - 1) bytes at offset 0", base, readSize - 1, 0),
-    ("\(readSize) bytes at offset 0 into a buffer 1 byte past a page", base + 1, readSize, 0),
-]
-for (index, attempt) in tries.enumerated() {
-    let sqe = getSQE(ring)
-    io_uring_prep_read(sqe, directFD, attempt.address, UInt32(attempt.length), attempt.offset)
-    io_uring_sqe_set_data64(sqe, UInt64(index + 2))
+/// One read of `length` bytes at `offset` into `address`: submit it, wait for its CQE, return it.
+func readOnce(_ ring: Ring, fd: Int32, into address: UnsafeMutableRawPointer, length: Int = readSize,
+              offset: UInt64 = 0, userData: UInt64) -> io_uring_cqe {
+    let sqe = getSQE(ring)  // one request at a time on a 4-entry ring: never full
+    io_uring_prep_read(sqe, fd, address, UInt32(length), offset)
+    io_uring_sqe_set_data64(sqe, userData)
     checkSubmit(io_uring_submit(ring), 1)
-    let cqe = waitCQE(ring)
+    return waitCQE(ring)
+}
+
+print("O_DIRECT reads on a ring without IOPOLL:")
+let tries: [(userData: UInt64, label: String, address: UnsafeMutableRawPointer, length: Int, offset: UInt64)] = [
+    (11, "\(readSize) bytes at offset 0 into a page-aligned buffer", base, readSize, 0),
+    (12, "\(readSize) bytes at offset 1", base, readSize, 1),
+    (13, "\(readSize - 1) bytes at offset 0", base, readSize - 1, 0),
+    (14, "\(readSize) bytes at offset 0 into a buffer 1 byte past a page", base + 1, readSize, 0),
+]
+for attempt in tries {
+    let cqe = readOnce(ring, fd: directFD, into: attempt.address, length: attempt.length, offset: attempt.offset,
+                       userData: attempt.userData)
     let bytes = cqe.res > 0 ? "  " + quoted(UnsafeRawBufferPointer(start: attempt.address, count: min(Int(cqe.res), 24))) + "..." : ""
     print("  \(attempt.label): " + format(cqe) + bytes)
 }
@@ -217,23 +233,7 @@ destroyRing(ring)
 let pollRing = makeRing(entries: 4, flags: IORING_SETUP_IOPOLL)
 print("IOPOLL ring: sq_entries=\(pollRing.pointee.sq.ring_entries) cq_entries=\(pollRing.pointee.cq.ring_entries)")
 
-/// One read on the IOPOLL ring: io_uring_submit, then io_uring_wait_cqe, where polling happens.
-func pollRead(_ ring: Ring, fd: Int32, into address: UnsafeMutableRawPointer,
-              userData: UInt64) -> io_uring_cqe {
-    let sqe = getSQE(ring)
-    io_uring_prep_read(sqe, fd, address, UInt32(readSize), 0)
-    io_uring_sqe_set_data64(sqe, userData)
-    let submitted = io_uring_submit(ring)
-    guard submitted == 1 else { fail("io_uring_submit returned \(describe(res: submitted)), expected 1") }
-    var cqePointer: UnsafeMutablePointer<io_uring_cqe>? = nil
-    let ret = io_uring_wait_cqe(ring, &cqePointer)
-    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    let cqe = cqePointer.pointee  // copy it before the slot goes back to the kernel
-    io_uring_cqe_seen(ring, cqePointer)
-    return cqe
-}
-
-printCQE(pollRead(pollRing, fd: bufferFD, into: base, userData: 6), "buffered fd (no O_DIRECT) on the IOPOLL ring")
+printCQE(readOnce(pollRing, fd: bufferFD, into: base, userData: 21), "buffered fd (no O_DIRECT) on the IOPOLL ring")
 
 // MARK: - 6. The O_DIRECT read on the IOPOLL ring
 //
@@ -250,7 +250,7 @@ printCQE(pollRead(pollRing, fd: bufferFD, into: base, userData: 6), "buffered fd
 // queues. (A read at or past the end of the file returns 0 before any request is made.)
 
 buffer.initializeMemory(as: UInt8.self, repeating: 0)
-let polled = pollRead(pollRing, fd: directFD, into: base, userData: 7)
+let polled = readOnce(pollRing, fd: directFD, into: base, userData: 22)
 printCQE(polled, "O_DIRECT fd on the IOPOLL ring")
 let disk = diskName ?? "this file's filesystem"
 switch (polled.res, ioPoll) {
@@ -281,16 +281,3 @@ destroyRing(pollRing)
 close(directFD)
 close(bufferFD)
 buffer.deallocate()
-
-// MARK: - Reading sysfs
-
-/// The first line of a small file (sysfs), or nil if it cannot be read.
-func readFirstLine(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes = [UInt8](repeating: 0, count: 256)
-    let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    guard n > 0 else { return nil }
-    return String(decoding: bytes[..<n].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
-}

@@ -21,7 +21,7 @@ final class Lesson09Tests: XCTestCase {
     /// cat of one file larger than a request (16 KiB), with multi-byte UTF-8 characters that
     /// straddle the 4 KiB iovecs: the output is the file, byte for byte, and nothing else.
     func testCatsAFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-09-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let text = sampleText(lines: 1500, tag: "one")
         XCTAssertGreaterThan(text.utf8.count, 3 * 16384)
@@ -37,7 +37,7 @@ final class Lesson09Tests: XCTestCase {
 
     /// Several files, an empty one among them: their bytes concatenated, in order.
     func testCatsSeveralFiles() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-09-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let texts = ["first file\n", "", sampleText(lines: 400, tag: "third"), "no newline at the end"]
         var paths: [String] = []
@@ -64,7 +64,7 @@ final class Lesson09Tests: XCTestCase {
     /// The lesson stops at the first bad file: the files before it are copied, the ones after
     /// it are not read (cat would go on), and there is one error line.
     func testStopsAtTheFirstBadFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-09-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let first = dir.appendingPathComponent("first.txt")
         let last = dir.appendingPathComponent("last.txt")
@@ -116,7 +116,7 @@ final class Lesson09Tests: XCTestCase {
     /// Standard input that is a regular file is seekable: /dev/stdin reopens the file, and the
     /// cat reads it like any other.
     func testStandardInputFromAFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-09-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let text = sampleText(lines: 700, tag: "stdin")
         let file = dir.appendingPathComponent("input.txt")
@@ -149,11 +149,34 @@ final class Lesson09Tests: XCTestCase {
 
     /// A directory opens with O_RDONLY; the readv's CQE refuses it.
     func testDirectory() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-09-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let run = try Lesson("09").run([dir.path])
         try run.skipIfSkipped()
         run.assertError(mentioning: "cannot read \(dir.path)", "-EISDIR", "readv at offset 0")
+    }
+
+    /// The cat's failures close the file and free its buffers before the error line: a write(2)
+    /// to a full standard output (-ENOSPC, which print's check at exit never sees: the cat writes
+    /// past it) and a directory's readv (-EISDIR). valgrind --track-fds finds no fd left open.
+    func testErrorsCloseTheFile() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/valgrind") else {
+            throw XCTSkip("/usr/bin/valgrind is not installed")
+        }
+        let dir = try makeScratchDirectory("lesson-09-input")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("short.txt")
+        try Data("a short file\n".utf8).write(to: file)
+        for (arguments, stdoutPath, error) in [
+            ([file.path], "/dev/full", "error: cannot write standard output: -ENOSPC (-28)"),
+            ([dir.path], nil, "error: cannot read \(dir.path): readv at offset 0 completed with res=-EISDIR (-21)"),
+        ] {
+            let run = try Lesson("09").run(arguments, wrapper: Run.valgrind, stdoutPath: stdoutPath)
+            try run.skipIfSkipped()
+            XCTAssertEqual(run.status, 1, run.transcript)
+            XCTAssertEqual(run.stderr.components(separatedBy: "\n").filter { $0.hasPrefix("error: ") }, [error], run.transcript)
+            XCTAssertEqual(run.fdsOpenAtExit, [], run.transcript)
+        }
     }
 
     func testUnknownOption() throws {
@@ -163,12 +186,5 @@ final class Lesson09Tests: XCTestCase {
     /// Numbered lines with two- to four-byte UTF-8 characters, `lines` of them.
     private func sampleText(lines: Int, tag: String) -> String {
         (1...lines).map { "\(tag) line \($0): é ü ß — € 𝄞 io_uring readv\n" }.joined()
-    }
-
-    private func makeDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory
-            .appendingPathComponent("lesson-09-input-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
     }
 }

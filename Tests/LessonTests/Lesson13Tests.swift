@@ -11,14 +11,14 @@ final class Lesson13Tests: XCTestCase {
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         let lines = run.stdoutLines
         for line in [
-            "read slot 0: user_data=1 res=6 flags=0 \"apple\\n\"",
-            "read slot 2: user_data=6 res=7 flags=0 \"cherry\\n\"",
-            "read slot 1 (updated): user_data=7 res=7 flags=0 \"damson\\n\"",
-            "read slot 2 (emptied): user_data=8 res=-EBADF (-9) flags=0",
-            "read slot 0 (emptied by the failed update): user_data=10 res=-EBADF (-9) flags=0",
+            "read slot 0: user_data=11 res=6 flags=0 \"apple\\n\"",
+            "read slot 2: user_data=23 res=7 flags=0 \"cherry\\n\"",
+            "read slot 1 (updated): user_data=31 res=7 flags=0 \"damson\\n\"",
+            "read slot 2 (emptied): user_data=32 res=-EBADF (-9) flags=0",
+            "read slot 0 (emptied by the failed update): user_data=41 res=-EBADF (-9) flags=0",
             "io_uring_register_files_sparse(4) = 0",
-            "read slot 0 (never filled): user_data=12 res=-EBADF (-9) flags=0",
-            "read slot 3 (filled): user_data=13 res=6 flags=0 \"apple\\n\"",
+            "read slot 0 (never filled): user_data=61 res=-EBADF (-9) flags=0",
+            "read slot 3 (filled): user_data=62 res=6 flags=0 \"apple\\n\"",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }

@@ -27,7 +27,7 @@ final class Lesson16Tests: XCTestCase {
     /// A small file of the test's own on the same filesystem: a short O_DIRECT read of its
     /// 20 bytes, and the same honest result.
     func testGivenFile() throws {
-        let dir = try makeDirectory(in: FileManager.default.temporaryDirectory)
+        let dir = try makeScratchDirectory("lesson-16-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("given.txt")
         try Data("twenty bytes, given\n".utf8).write(to: file)
@@ -38,7 +38,7 @@ final class Lesson16Tests: XCTestCase {
         let lines = run.stdoutLines
         XCTAssertEqual(lines.first, "file: \(file.path)", run.transcript)
         XCTAssert(lines.contains("a regular file of 20 bytes on device " + deviceNumber(of: file)), run.transcript)
-        XCTAssert(lines.contains("  4096 bytes at offset 0 into a page-aligned buffer: user_data=2 res=20 flags=0  "
+        XCTAssert(lines.contains("  4096 bytes at offset 0 into a page-aligned buffer: user_data=11 res=20 flags=0  "
             + "\"twenty bytes, given\\n\"..."), run.transcript)
         try assertHonestResult(run)
     }
@@ -48,7 +48,8 @@ final class Lesson16Tests: XCTestCase {
     func testFileWithoutADisk() throws {
         let shm = URL(fileURLWithPath: "/dev/shm")
         guard FileManager.default.isWritableFile(atPath: shm.path) else { throw XCTSkip("no writable /dev/shm") }
-        let dir = try makeDirectory(in: shm)
+        let dir = shm.appendingPathComponent("lesson-16-input-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("on-tmpfs.txt")
         try Data(repeating: UInt8(ascii: "t"), count: 5000).write(to: file)
@@ -63,7 +64,7 @@ final class Lesson16Tests: XCTestCase {
         let lines = run.stdoutLines
         XCTAssert(lines.contains { $0.hasPrefix("block device: none: /sys/dev/block/0:") }, run.transcript)
         XCTAssert(lines.contains("io_poll: unknown: no disk queue to read"), run.transcript)
-        XCTAssert(lines.contains("buffered fd (no O_DIRECT) on the IOPOLL ring: user_data=6 res=-EOPNOTSUPP (-95) flags=0"),
+        XCTAssert(lines.contains("buffered fd (no O_DIRECT) on the IOPOLL ring: user_data=21 res=-EOPNOTSUPP (-95) flags=0"),
                   run.transcript)
         try assertHonestResult(run)
     }
@@ -73,7 +74,7 @@ final class Lesson16Tests: XCTestCase {
     }
 
     func testDirectoryAndDevice() throws {
-        let dir = try makeDirectory(in: FileManager.default.temporaryDirectory)
+        let dir = try makeScratchDirectory("lesson-16-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         try Lesson("16").run([dir.path]).assertError(mentioning: "is a directory")
         try Lesson("16").run(["/dev/null"]).assertError(mentioning: "neither a regular file nor a block device")
@@ -115,12 +116,6 @@ final class Lesson16Tests: XCTestCase {
         if !result.hasPrefix("result: a polled read") {
             XCTAssertFalse(result.contains("polled read:"), run.transcript, file: file, line: line)
         }
-    }
-
-    private func makeDirectory(in parent: URL) throws -> URL {
-        let dir = parent.appendingPathComponent("lesson-16-input-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
     }
 
     /// `major:minor` of the filesystem `url` is on, as the lesson prints it.
