@@ -35,7 +35,7 @@ struct Lesson {
 
     /// Run the lesson with `arguments`, in a private $TMPDIR, for at most `timeout` seconds.
     /// Fails the test if the lesson left anything in that $TMPDIR.
-    /// - `wrapper`: a command that runs the lesson (`["prlimit", "--memlock=0", "--"]`, valgrind).
+    /// - `wrapper`: a command that runs the lesson (`["taskset", "-c", "1"]`, `Run.valgrind`).
     /// - `stdoutPath`: standard output goes there (`/dev/full`) instead of being captured.
     /// - `signal`: sent once the lesson has made something in $TMPDIR (its temp directory).
     func run(_ arguments: [String] = [], timeout: TimeInterval = 30, wrapper: [String] = [],
