@@ -9,8 +9,8 @@
 // not an error for read(2), breaks a chain too. But what counts as failing is decided by each
 // opcode's code in the kernel. On Linux 6.18 these opcodes post their -errno without marking
 // the request failed, so the next link runs anyway: fsync, sync_file_range, fallocate, statx,
-// mkdirat, renameat, linkat, symlinkat, unlinkat (section 6 shows it for fsync; lesson 12
-// meets the others). A request that fails before it even starts (an fd that is not open)
+// mkdirat, renameat, linkat, symlinkat, unlinkat, ftruncate (6.9; section 6 shows it for
+// fsync; lesson 12 meets the others). A request that fails before it even starts (an fd that is not open)
 // breaks the chain whatever its opcode. IOSQE_IO_HARDLINK orders the same way but does not
 // care about results: the chain goes on after a failure.
 //
@@ -180,7 +180,7 @@ if let read = hard.last, read.res > 0 {
 // kernel's fsync code (io_uring/sync.c) stores the -EINVAL as the result but does not mark the
 // request failed, and only a request marked failed breaks a chain. The same holds for
 // sync_file_range, fallocate, statx, mkdirat, renameat, linkat, symlinkat and unlinkat (and
-// madvise, shutdown and the xattr opcodes); reads and writes (short ones too), openat, close,
+// madvise, shutdown, the xattr opcodes and 6.9's ftruncate); reads and writes (short ones too), openat, close,
 // fadvise, splice, tee and timeouts do mark themselves failed. Older kernels marked failed
 // fsyncs too (5.x's io_fsync called req_set_fail_links), so there the read is cancelled: the
 // expected output allows both. So a chain stopping can never be what keeps a program safe:

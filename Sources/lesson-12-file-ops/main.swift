@@ -257,7 +257,7 @@ let fd = results[openID] ?? -1
 // Which failures break a chain? `man 2 io_uring_enter` says any request that "ends in error".
 // On the Linux 6.18 this lab was written on, that holds for openat, read, write, readv,
 // writev, close, fadvise, splice and tee, but not for fallocate, sync_file_range, fsync,
-// statx, mkdirat, renameat, linkat, symlinkat and unlinkat: they post their -errno and the
+// statx, mkdirat, renameat, linkat, symlinkat, unlinkat (nor 6.9's ftruncate): they post their -errno and the
 // next link runs anyway. What decides is when the request fails. A request that works on an
 // open file (write, fallocate, fsync, ...) has that file's fd looked up by io_uring before it
 // starts, and a failure there breaks the chain whatever the opcode (fallocate on fd 999:
