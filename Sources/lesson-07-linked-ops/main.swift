@@ -9,10 +9,10 @@
 // not an error for read(2), breaks a chain too. But what counts as failing is decided by each
 // opcode's code in the kernel. On Linux 6.18 these opcodes post their -errno without marking
 // the request failed, so the next link runs anyway: fsync, sync_file_range, fallocate, statx,
-// mkdirat, renameat, linkat, symlinkat, unlinkat (section 6 shows it for fsync; lesson 12
-// meets the others). A request that fails before it even starts (an fd that is not open)
-// breaks the chain whatever its opcode. IOSQE_IO_HARDLINK orders the same way but does not
-// care about results: the chain goes on after a failure.
+// mkdirat, renameat, linkat, symlinkat, unlinkat, ftruncate (6.9; section 7 shows it for
+// fsync; lesson 12 meets the others). A request that fails before it even starts (an fd that
+// is not open) breaks the chain whatever its opcode. IOSQE_IO_HARDLINK orders the same way but
+// does not care about results: the chain goes on after a failure.
 //
 // This lesson runs one chain of each kind on a temp file and prints every CQE in the order it
 // arrived, in one submit per chain.
@@ -26,21 +26,31 @@ import LabSupport
 
 _ = lessonArguments(usage: "lesson-07-linked-ops", max: 0)
 
-// MARK: - 1. A ring, a temp file, and two fds on it
+// MARK: - 1. A ring, a temp file, two fds on it, and a pipe
 //
 // IORING_OP_READ and IORING_OP_WRITE came in Linux 5.6 (FSYNC in 5.1, links in 5.3,
 // hard links in 5.5), so a kernel that has the first two has everything this lesson uses.
-// The fds come from plain open(2): opening is not what this lesson is about (lesson 04 does
-// it through the ring). `readOnly` is the same file opened for reading only; writing through
-// it is the failure we will provoke.
+// The fds come from plain open(2) and pipe(2): opening is not what this lesson is about
+// (lesson 04 does it through the ring). `readOnly` is the same file opened for reading only;
+// writing through it is the failure we will provoke. The pipe is for section 7.
 
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_WRITE, IORING_OP_READ, IORING_OP_FSYNC)
 
 let path = makeTempFile(named: "chain.txt", contents: [])
-let readWrite = open(path, O_RDWR)
-let readOnly = open(path, O_RDONLY)
-guard readWrite >= 0, readOnly >= 0 else { fail("cannot open \(path): \(describe(res: -errno))") }
+let readWrite = open(path, O_RDWR), readOnly = open(path, O_RDONLY)
+var pipeFDs: [Int32] = [-1, -1]
+
+/// Close what section 1 opened: at the end, and before an error exit.
+@MainActor func closeFDs() {
+    for fd in [readWrite, readOnly] + pipeFDs where fd >= 0 { close(fd) }
+}
+
+guard readWrite >= 0, readOnly >= 0, pipe(&pipeFDs) == 0 else {
+    let error = errno
+    closeFDs()
+    fail("cannot open \(path), or make a pipe: \(describe(res: -error))")
+}
 
 // The buffers the kernel reads from and writes into. They must stay at one address until the
 // CQE of the request that uses them has arrived, and a linked request may run long after
@@ -55,165 +65,130 @@ let extra = Array("never written\n".utf8)
 let extraBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: extra.count, alignment: 8)
 extraBuffer.copyBytes(from: extra)
 
-// Labels for the CQEs, by user_data: the CQE carries nothing else that says which request it
-// answers.
-let labels = RequestLabels()
+// MARK: - 2. One line per link
+//
+// Every request gets a fixed user_data, the only thing its CQE carries back to say which
+// request it answers (lesson 03): the tens digit is the chain (1 to 5), the units digit the
+// link. `names` keeps a name for each, to print beside its CQE.
+//
+// `queue` puts one link in the SQ: an SQE from getSQE (io_uring_get_sqe, or an error line if
+// the SQ is full: a chain has at most 3 SQEs, the ring 8, and each chain is reaped before the
+// next is queued), filled in by `prep`, and only then its flags, since every io_uring_prep_*
+// call sets the SQE's flags to 0. So a chain is written as the list it is, IOSQE_IO_LINK on
+// every line but the last. `nextCQE` waits for the next CQE (waitCQE: io_uring_wait_cqe, a
+// copy, io_uring_cqe_seen) and prints it with its place in arrival order and its name.
+// (@MainActor: they use the lesson's top-level variables, which Swift 6 gives to the main actor.)
 
-// SQEs come from `getSQE` (io_uring_get_sqe, failing with an error line if the SQ is full).
-// A chain must be submitted whole (a link never crosses submits), so a full SQ would be a bug
-// here: each chain has at most 3 SQEs, the ring 8, and every chain is submitted and reaped
-// before the next one is prepared.
+var names: [UInt64: String] = [:]
 
-/// Submit the prepared chain with one io_uring_submit, wait for `count` CQEs, and print them
-/// in the order they arrived. Returns copies of the CQEs in that order.
-func submitAndPrint(_ ring: Ring, count: Int, labels: RequestLabels) -> [io_uring_cqe] {
-    let submitted = io_uring_submit(ring)
-    print("io_uring_submit = \(describe(res: submitted))")
-    guard submitted == count else { fail("expected to submit \(count) SQEs") }
-    return waitAndPrint(ring, count: count, labels: labels)  // io_uring_wait_cqe + cqe_seen, count times
+@MainActor func queue(_ userData: UInt64, _ name: String, _ flags: UInt32 = 0,
+                      prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) {
+    let sqe = getSQE(ring)
+    prep(sqe)
+    io_uring_sqe_set_flags(sqe, flags)
+    io_uring_sqe_set_data64(sqe, userData)
+    names[userData] = name
 }
 
-// MARK: - 2. write -> fsync -> read, linked
+@discardableResult
+@MainActor func nextCQE(_ position: Int) -> io_uring_cqe {
+    let cqe = waitCQE(ring)
+    printCQE(cqe, "CQE \(position): \(names[cqe.user_data] ?? "?")")
+    return cqe
+}
+
+// MARK: - 3. write -> fsync -> read, linked
 //
-// Three SQEs, the first two with IOSQE_IO_LINK. The kernel starts the write; only when it has
-// completed successfully does the fsync start; only after that the read. The read has no
-// link flag, so the chain ends with it. (It is the last link, so a short read here would
-// cancel nothing; we ask for exactly the bytes we wrote anyway.)
+// Three SQEs, the first two with `flag`. With IOSQE_IO_LINK the kernel starts the write; only
+// when it has completed successfully does the fsync start; only after that the read. The read
+// has no link flag, so the chain ends with it. (It is the last link, so a short read here
+// would cancel nothing; we ask for exactly the bytes we wrote anyway.) A chain must go in
+// with one submit: a link never crosses a submit. The read's CQE is told by its user_data,
+// not by when it arrives (lesson 03). Sections 4 and 6 run the same chain on other terms.
+
+@MainActor func writeSyncRead(_ fd: Int32, _ flag: UInt32, userData first: UInt64) {
+    queue(first, "write", flag)     { io_uring_prep_write($0, fd, writeBuffer.baseAddress, UInt32(text.count), 0) }
+    queue(first + 1, "fsync", flag) { io_uring_prep_fsync($0, fd, 0) }
+    queue(first + 2, "read")        { io_uring_prep_read($0, fd, readBuffer.baseAddress, UInt32(text.count), 0) }
+    checkSubmit(io_uring_submit(ring), 3)
+    for position in 1...3 {
+        let cqe = nextCQE(position)
+        if cqe.user_data == first + 2 && cqe.res > 0 { print("read back: \(quoted(readBuffer.prefix(Int(cqe.res))))") }
+    }
+}
 
 print("write -> fsync -> read, linked with IOSQE_IO_LINK:")
-var sqe = getSQE(ring)
-io_uring_prep_write(sqe, readWrite, writeBuffer.baseAddress, UInt32(text.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "write")
+writeSyncRead(readWrite, IOSQE_IO_LINK, userData: 11)
 
-sqe = getSQE(ring)
-io_uring_prep_fsync(sqe, readWrite, 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "fsync")
-
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
-labels.tag(sqe, "read")
-
-let ordered = submitAndPrint(ring, count: 3, labels: labels)
-if let read = ordered.last, read.res > 0 {
-    print("read back: \(quoted(readBuffer.prefix(Int(read.res))))")
-}
-
-// MARK: - 3. A failing link cancels the rest
+// MARK: - 4. A failing link cancels the rest
 //
-// The same chain, but the write goes through `readOnly`. The write fails with -EBADF (the fd
-// is not open for writing), so the fsync and the read never start: each completes with
-// -ECANCELED. They still get a CQE each, so every request is accounted for.
+// The same chain, but through `readOnly`. The write fails with -EBADF (the fd is not open for
+// writing), so the fsync and the read never start: each completes with -ECANCELED. They still
+// get a CQE each, so every request is accounted for.
 
 print("the same chain, writing through a read-only fd:")
-sqe = getSQE(ring)
-io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "write")
+writeSyncRead(readOnly, IOSQE_IO_LINK, userData: 21)
 
-sqe = getSQE(ring)
-io_uring_prep_fsync(sqe, readOnly, 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "fsync")
-
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
-labels.tag(sqe, "read")
-
-_ = submitAndPrint(ring, count: 3, labels: labels)
-
-// MARK: - 4. A short read breaks a chain too
+// MARK: - 5. A short read breaks a chain too
 //
 // read(2) returning fewer bytes than asked is normal, not an error. In a chain io_uring
-// treats it as one: the read asked for 4096 bytes, the file holds fewer, so the linked write
+// treats it as one: the read asks for 4096 bytes, the file holds fewer, so the linked write
 // after it is cancelled. A chain means "do the next step if this one did all it was asked".
 // We check the file's size afterwards with fstat(2): the write never happened.
 
 print("a read asking for more than the file holds, linked to a write:")
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "read 4096")
+queue(31, "read 4096", IOSQE_IO_LINK) { io_uring_prep_read($0, readWrite, readBuffer.baseAddress, UInt32(readBuffer.count), 0) }
+queue(32, "write")                    { io_uring_prep_write($0, readWrite, extraBuffer.baseAddress, UInt32(extra.count), UInt64(text.count)) }
+checkSubmit(io_uring_submit(ring), 2)
+for position in 1...2 { nextCQE(position) }
 
-sqe = getSQE(ring)
-io_uring_prep_write(sqe, readWrite, extraBuffer.baseAddress, UInt32(extra.count), UInt64(text.count))
-labels.tag(sqe, "write")
-
-_ = submitAndPrint(ring, count: 2, labels: labels)
 var info = stat()
-guard fstat(readWrite, &info) == 0 else { fail("fstat: \(describe(res: -errno))") }
+guard fstat(readWrite, &info) == 0 else {
+    let error = errno
+    closeFDs()
+    fail("fstat: \(describe(res: -error))")
+}
 print("file size after: \(info.st_size) bytes")
 
-// MARK: - 5. IOSQE_IO_HARDLINK: the chain goes on after a failure
+// MARK: - 6. IOSQE_IO_HARDLINK: the chain goes on after a failure
 //
-// The chain of section 3 again, with IOSQE_IO_HARDLINK instead of IOSQE_IO_LINK. The order
-// is kept (fsync after write, read after fsync) but the write's -EBADF does not cancel
-// anything: the fsync and the read run, and the read shows the file as section 2 left it.
-// (A hard link does break if a request cannot even be submitted, e.g. a malformed SQE; an
-// error in the result is what it survives. man 2 io_uring_enter.)
+// Section 4's chain again, with IOSQE_IO_HARDLINK instead of IOSQE_IO_LINK. The order is kept
+// (fsync after write, read after fsync) but the write's -EBADF does not cancel anything: the
+// fsync and the read run, and the read shows the file as section 3 left it. (A hard link does
+// break if a request cannot even be submitted, e.g. a malformed SQE; an error in the result is
+// what it survives. man 2 io_uring_enter.)
 
 print("the failing chain with IOSQE_IO_HARDLINK:")
-sqe = getSQE(ring)
-io_uring_prep_write(sqe, readOnly, extraBuffer.baseAddress, UInt32(extra.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
-labels.tag(sqe, "write")
+writeSyncRead(readOnly, IOSQE_IO_HARDLINK, userData: 41)
 
-sqe = getSQE(ring)
-io_uring_prep_fsync(sqe, readOnly, 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_HARDLINK)
-labels.tag(sqe, "fsync")
-
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, readOnly, readBuffer.baseAddress, UInt32(text.count), 0)
-labels.tag(sqe, "read")
-
-let hard = submitAndPrint(ring, count: 3, labels: labels)
-if let read = hard.last, read.res > 0 {
-    print("read back: \(quoted(readBuffer.prefix(Int(read.res))))")
-}
-
-// MARK: - 6. Not every failure breaks a chain
+// MARK: - 7. Not every failure breaks a chain
 //
 // An fsync of a pipe fails: a pipe cannot be synchronized, and fsync(2) says EINVAL. Linked to
 // a read, with plain IOSQE_IO_LINK, it should cancel the read. On Linux 6.18 it does not: the
 // kernel's fsync code (io_uring/sync.c) stores the -EINVAL as the result but does not mark the
 // request failed, and only a request marked failed breaks a chain. The same holds for
 // sync_file_range, fallocate, statx, mkdirat, renameat, linkat, symlinkat and unlinkat (and
-// madvise, shutdown and the xattr opcodes); reads and writes (short ones too), openat, close,
-// fadvise, splice, tee and timeouts do mark themselves failed. Older kernels marked failed
-// fsyncs too (5.x's io_fsync called req_set_fail_links), so there the read is cancelled: the
-// expected output allows both. So a chain stopping can never be what keeps a program safe:
-// check each CQE.
+// madvise, shutdown, the xattr opcodes and 6.9's ftruncate); reads and writes (short ones
+// too), openat, close, fadvise, splice, tee and timeouts do mark themselves failed. Older
+// kernels marked failed fsyncs too (5.x's io_fsync called req_set_fail_links), so there the
+// read is cancelled: the expected output allows both. So a chain stopping can never be what
+// keeps a program safe: check each CQE.
 
 print("an fsync that fails while it runs (a pipe), linked to a read:")
-var pipeFDs: [Int32] = [-1, -1]
-guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
+queue(51, "fsync", IOSQE_IO_LINK) { io_uring_prep_fsync($0, pipeFDs[0], 0) }
+queue(52, "read")                 { io_uring_prep_read($0, readWrite, readBuffer.baseAddress, UInt32(text.count), 0) }
+checkSubmit(io_uring_submit(ring), 2)
+nextCQE(1)
+let readAfterFsync = nextCQE(2)
+print("the read after the failed fsync: " + (readAfterFsync.res == -ECANCELED ? "cancelled, the chain broke"
+    : "ran, the chain did not break"))
 
-sqe = getSQE(ring)
-io_uring_prep_fsync(sqe, pipeFDs[0], 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-labels.tag(sqe, "fsync")
-
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, readWrite, readBuffer.baseAddress, UInt32(text.count), 0)
-labels.tag(sqe, "read")
-
-let notBroken = submitAndPrint(ring, count: 2, labels: labels)
-if let read = notBroken.last {
-    print("the read after the failed fsync: " + (read.res == -ECANCELED ? "cancelled, the chain broke"
-        : "ran, the chain did not break"))
-}
-close(pipeFDs[0])
-close(pipeFDs[1])
-
-// MARK: - 7. Cleaning up
+// MARK: - 8. Cleaning up
 //
 // Every CQE has arrived, so the kernel is done with the buffers: only now may they be freed.
 
 writeBuffer.deallocate()
 readBuffer.deallocate()
 extraBuffer.deallocate()
-close(readWrite)
-close(readOnly)
+closeFDs()
 destroyRing(ring)
