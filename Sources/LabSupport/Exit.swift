@@ -31,7 +31,9 @@ let held = Mutex(Held())
 
 /// Install the exit handler, once (`lessonArguments`, `makeRing` and `makeTempDir` do).
 func holdUntilExit() { _ = exitHandler }
+private let fdsAtStart = Set((3..<4096).filter { fcntl($0, F_GETFD) >= 0 })  // inherited ones
 private let exitHandler: Void = {
+    _ = fdsAtStart
     atexit {
         let flushed = fflush(nil) == 0, error = errno
         let (rings, dirs) = held.withLock { held in defer { held = Held() }; return (held.rings, held.tempDirs) }
@@ -40,10 +42,12 @@ private let exitHandler: Void = {
             ring.deallocate()
         }
         for dir in dirs.reversed() { removeTree(dir) }
-        if !flushed {
-            printError("cannot write standard output: \(describe(res: -error))")
-            _exit(1)
-        }
+        if !flushed { printError("cannot write standard output: \(describe(res: -error))") }
+        // The tests set LAB_CHECK_FDS: every fd the lesson opened (by syscall or through a ring)
+        // must be closed by now, on every path, so an fd still open is an error.
+        let open = getenv("LAB_CHECK_FDS") == nil ? [] : (3..<4096).filter { fcntl($0, F_GETFD) >= 0 && !fdsAtStart.contains($0) }
+        if !open.isEmpty { printError("fds open at exit: \(open.map(String.init).joined(separator: " "))") }
+        if !flushed || !open.isEmpty { _exit(1) }
     }
 }()
 

@@ -6,6 +6,9 @@
 //   {name}   a placeholder: matches any non-empty text within the line (an fd, a time, ...)
 //   ...      a line of its own: matches any number of output lines, none included
 // Everything else matches literally.
+//
+// Every run sets LAB_CHECK_FDS, so LabSupport makes an fd left open at exit an `error:` line
+// and exit 1: every test of every lesson also checks that each path closes what it opened.
 
 import Foundation
 import XCTest
@@ -35,7 +38,7 @@ struct Lesson {
 
     /// Run the lesson with `arguments`, in a private $TMPDIR, for at most `timeout` seconds.
     /// Fails the test if the lesson left anything in that $TMPDIR.
-    /// - `wrapper`: a command that runs the lesson (`["taskset", "-c", "1"]`, `Run.valgrind`).
+    /// - `wrapper`: a command that runs the lesson (`["taskset", "-c", "1"]`, `["setpriv", ...]`).
     /// - `stdoutPath`: standard output goes there (`/dev/full`) instead of being captured.
     /// - `signal`: sent once the lesson has made something in $TMPDIR (its temp directory).
     func run(_ arguments: [String] = [], timeout: TimeInterval = 30, wrapper: [String] = [],
@@ -64,7 +67,7 @@ struct Lesson {
             process.executableURL = executable
             process.arguments = arguments
         }
-        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmpdir.path]) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmpdir.path, "LAB_CHECK_FDS": "1"]) { $1 }
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = out
         process.standardError = err
@@ -133,9 +136,6 @@ struct Lesson {
 
 /// What one run of a lesson did.
 struct Run {
-    /// Run a lesson under valgrind, which lists the fds still open at exit (`fdsOpenAtExit`).
-    static let valgrind = ["valgrind", "--track-fds=yes", "--undef-value-errors=no", "-q"]
-
     let command: String
     let status: Int32
     let crashed: Bool
@@ -154,16 +154,12 @@ struct Run {
             + String(format: "%.2f", seconds) + " s\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)---"
     }
 
-    /// The fds valgrind (`--track-fds=yes`) found open at exit, less those inherited from us:
-    /// `["Open file descriptor 5: /tmp/x"]`. Empty for a lesson that closes what it opens.
+    /// The fds the lesson left open at exit, as LabSupport reports them when LAB_CHECK_FDS is
+    /// set (every run sets it): `fds open at exit: 5 7` gives ["5", "7"]. Opened by a system
+    /// call or through the ring alike; empty for a lesson that closes what it opens.
     var fdsOpenAtExit: [String] {
-        let lines = stderr.components(separatedBy: "\n").map {
-            $0.replacingOccurrences(of: #"^==\d+== ?"#, with: "", options: .regularExpression)
-        }
-        return lines.indices.filter { index in
-            lines[index].hasPrefix("Open file descriptor")
-                && !(lines.indices.contains(index + 1) && lines[index + 1].contains("inherited from parent"))
-        }.map { lines[$0] }
+        stderr.components(separatedBy: "\n").first { $0.hasPrefix("error: fds open at exit: ") }
+            .map { $0.dropFirst("error: fds open at exit: ".count).split(separator: " ").map(String.init) } ?? []
     }
 
     /// A lesson that exits 77 could not run here: the test is skipped, with the lesson's reason.

@@ -77,7 +77,7 @@ final class Lesson04Tests: XCTestCase {
     func testDirectoryLeavesNoFDOpen() throws {
         let dir = try makeScratchDirectory("lesson-04-input")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let run = try Lesson("04").run([dir.path], timeout: 120, wrapper: Run.valgrind)
+        let run = try Lesson("04").run([dir.path])
         try run.skipIfSkipped()
         XCTAssertEqual(run.status, 1, run.transcript)
         XCTAssertEqual(run.fdsOpenAtExit, [], run.transcript)

@@ -32,7 +32,7 @@ final class Lesson07Tests: XCTestCase {
 
     /// The two fds on the temp file and the pipe are closed before the lesson exits.
     func testClosesWhatItOpens() throws {
-        let run = try Lesson("07").run(wrapper: Run.valgrind)
+        let run = try Lesson("07").run()
         try run.skipIfSkipped()
         XCTAssertEqual(run.status, 0, run.transcript)
         XCTAssertEqual(run.fdsOpenAtExit, [], run.transcript)

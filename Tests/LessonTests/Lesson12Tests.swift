@@ -153,9 +153,8 @@ final class Lesson12Tests: XCTestCase {
         try Lesson("12").run(["a", "b"]).assertError(mentioning: "too many arguments", "usage")
     }
 
-    /// The lesson refuses DIR before creating anything: one error line, no chain, DIR unchanged.
-    /// (Run.valgrind cannot check that it closed the directory fd: valgrind sees only the fds
-    /// opened by system calls, and this one comes from an IORING_OP_OPENAT.)
+    /// The lesson refuses DIR before creating anything: one error line (so no `fds open at exit`
+    /// line either: the directory fd its IORING_OP_OPENAT opened is closed), no chain, DIR unchanged.
     private func assertRefused(_ dir: URL, mentioning refusal: String,
                                file: StaticString = #filePath, line: UInt = #line) throws {
         let before = try snapshot(dir)

@@ -22,21 +22,20 @@ final class Lesson14Tests: XCTestCase {
     }
 
     /// Over RLIMIT_MEMLOCK, io_uring_register_buffers is -ENOMEM: one error line that names the
-    /// limit, exit 1, and the temp file closed (valgrind --track-fds sees no fd of the lesson's
-    /// open at exit). The limit, 16 KiB, holds the ring (2 pages, charged on Linux 6.14+) but
+    /// limit, exit 1, and the temp file closed (no fd open at exit). The limit, 16 KiB, holds the ring (2 pages, charged on Linux 6.14+) but
     /// not the ring and the buffers' 3 pages. Root has CAP_IPC_LOCK and is never charged, so as
     /// root the lesson runs as a user id made for this run, with $TMPDIR opened to it: the charge
     /// is per user and given back a moment after a process exits, so a run as a shared user
     /// (nobody) could find the allowance still held by another run.
     func testMemlockLimitIsAnErrorThatClosesTheFile() throws {
-        for tool in ["valgrind", "prlimit", "setpriv"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") {
+        for tool in ["prlimit", "setpriv"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") {
             throw XCTSkip("/usr/bin/\(tool) is not installed")
         }
         let limit = ["prlimit", "--memlock=16384:16384", "--"]
         let user = 4_000_000 + getpid() % 1_000_000
         let asAnotherUser = ["sh", "-c", "chmod 777 \"$TMPDIR\" && exec setpriv --reuid=\(user) --regid=\(user) "
             + "--clear-groups \"$@\"", "sh"]
-        let run = try Lesson("14").run(wrapper: (getuid() == 0 ? asAnotherUser : []) + limit + Run.valgrind)
+        let run = try Lesson("14").run(wrapper: (getuid() == 0 ? asAnotherUser : []) + limit)
         try run.skipIfSkipped()
         XCTAssertEqual(run.status, 1, run.transcript)
         XCTAssert(run.stdoutLines.contains("io_uring_register_buffers(2 iovecs) = -ENOMEM (-12)"), run.transcript)
