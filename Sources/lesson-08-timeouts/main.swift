@@ -38,7 +38,7 @@ requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK
 
 // A CQE names its request only by user_data (lesson 03). Every request here has a fixed one,
 // and the tens say which experiment it belongs to, in the order they run: 11 is section 2's
-// timer, 21 to 24 section 3's count and its NOPs, ..., 101 and 102 the last experiment of
+// timer, 21 to 24 section 3's count and its NOPs, ..., 111 to 113 the last experiment of
 // section 8. This table is the lesson's record of what each one is; every CQE is printed with
 // its place in arrival order and that name, e.g. `CQE 2: NOP 1: user_data=22 res=0 flags=0`.
 let requestNames: [UInt64: String] = [
@@ -52,6 +52,7 @@ let requestNames: [UInt64: String] = [
     81: "timeout 10 s", 82: "timeout count 2", 83: "timeout_remove user_data=81",
     91: "timeout count 2", 92: "read", 93: "link_timeout 10 ms",
     101: "timeout count 1", 102: "timeout 10 ms",
+    111: "timeout count 2", 112: "timeout count 1", 113: "NOP",
 ]
 func name(_ cqe: io_uring_cqe) -> String { requestNames[cqe.user_data] ?? "?" }
 
@@ -275,7 +276,7 @@ printCQE(cqe, "io_uring_wait_cqe_timeout = \(ret): \(name(cqe))")
 // A count timeout counts the CQEs posted after it, but not every CQE: the kernel keeps a
 // separate tally of timeouts that completed by *firing* (their time ran out) or by *their own
 // count*, and subtracts it (io_uring/timeout.c: cq_timeouts). Every other CQE counts, timeouts'
-// included. Three experiments, each a count timeout with a time limit as a safety net:
+// included. Four experiments, each a count timeout with a time limit as a safety net:
 //
 // - count 2: a pending 10 s timer is removed (as in section 4). Two CQEs follow, the remove's
 //   0 and the timer's -ECANCELED. If the cancelled timeout's CQE counts, the count timeout
@@ -285,6 +286,9 @@ printCQE(cqe, "io_uring_wait_cqe_timeout = \(ret): \(name(cqe))")
 //   link timeout's CQE counts.
 // - count 1: a 10 ms timer that expires. Its -ETIME is the only other CQE, so the count
 //   timeout completes with 0 if that CQE counts, and with -ETIME after 100 ms if it does not.
+// - count 2 (100 ms) and count 1 (1 s), then a NOP. The NOP's CQE counts for both, and meets
+//   count 1 at once. Count 2 then completes with 0 if that timeout's CQE counts too, and with
+//   -ETIME after its 100 ms if a timeout completed by its own count does not count.
 
 print("what a count counts: IORING_OP_TIMEOUT count 2 (1 s), then remove a pending 10 s timer")
 queueTimeout(ring, s10, count: 0, userData: 81)
@@ -307,6 +311,15 @@ started = clock.now
 checkSubmit(io_uring_submit(ring), 2)
 for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 print("the count timeout's CQE arrived \(milliseconds(since: started)) ms after the submit")
+
+print("what a count counts: IORING_OP_TIMEOUT count 2 (100 ms) and count 1 (1 s), then a NOP")
+queueTimeout(ring, ms100, count: 2, userData: 111)
+queueTimeout(ring, s1, count: 1, userData: 112)
+sqe = getSQE(ring)
+io_uring_prep_nop(sqe)
+io_uring_sqe_set_data64(sqe, 113)
+checkSubmit(io_uring_submit(ring), 3)
+for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 // MARK: - 9. Cleaning up
 //

@@ -3,8 +3,8 @@ import XCTest
 final class Lesson08Tests: XCTestCase {
     /// Every CQE by name in arrival order: the timer's -ETIME, the count's 0 after three NOPs,
     /// the removed timeout's -ECANCELED and the removes' 0 and -ENOENT, both orders of the
-    /// link-timeout race, wait_cqe_timeout's -ETIME return, and which CQEs a count counts:
-    /// lessons/08-timeouts.md.
+    /// link-timeout race, wait_cqe_timeout's -ETIME return, and which CQEs a count counts (four
+    /// cases): lessons/08-timeouts.md.
     func testTimeouts() throws {
         let run = try Lesson("08").runAndCompareWithProse()
         let lines = run.stdoutLines
@@ -21,10 +21,12 @@ final class Lesson08Tests: XCTestCase {
             "CQE 2: link_timeout 50 ms: user_data=62 res=-ECANCELED (-125) flags=0",
             "io_uring_wait_cqe_timeout = 0: timeout 30 ms: user_data=71 res=-ETIME (-62) flags=0",
             // What a count counts: a removed timeout's -ECANCELED and a link timeout's CQE do,
-            // an expired timer's does not.
+            // an expired timer's does not, nor does that of a timeout completed by its count.
             "CQE 3: timeout count 2: user_data=82 res=0 flags=0",
             "CQE 3: timeout count 2: user_data=91 res=0 flags=0",
             "CQE 2: timeout count 1: user_data=101 res=-ETIME (-62) flags=0",
+            "CQE 2: timeout count 1: user_data=112 res=0 flags=0",
+            "CQE 3: timeout count 2: user_data=111 res=-ETIME (-62) flags=0",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
