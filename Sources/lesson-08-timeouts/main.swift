@@ -27,7 +27,7 @@ import LabSupport
 
 _ = lessonArguments(usage: "lesson-08-timeouts", max: 0)
 
-// MARK: - 1. A ring, the opcodes, and some bookkeeping
+// MARK: - 1. A ring, the opcodes, and the names of the requests
 //
 // TIMEOUT is Linux 5.4, TIMEOUT_REMOVE and LINK_TIMEOUT 5.5; the pipe reads of sections 5, 6
 // and 8 use IORING_OP_READ (5.6). We ask the kernel rather than guess from its version.
@@ -36,50 +36,48 @@ let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK_TIMEOUT,
                IORING_OP_READ, IORING_OP_NOP)
 
-/// The lesson's record of its requests: a label for each user_data (LabSupport's RequestLabels;
-/// a CQE says nothing else about the request it answers), and the labels of the SQEs queued
-/// since the last submit.
-struct Requests {
-    let labels = RequestLabels()
-    var queued: [String] = []
-
-    /// Give `sqe` the next user_data, remember what it is for, and return the user_data.
-    @discardableResult
-    mutating func tag(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ label: String) -> UInt64 {
-        queued.append(label)
-        return labels.tag(sqe, label)
-    }
-
-    /// io_uring_submit, checking that the kernel took every queued SQE, and saying which.
-    mutating func submit(_ ring: Ring) {
-        let submitted = io_uring_submit(ring)
-        print("io_uring_submit = \(describe(res: submitted)): " + queued.joined(separator: ", "))
-        guard submitted == queued.count else { fail("expected to submit \(queued.count) SQEs") }
-        queued = []
-    }
-
-    /// Wait for `count` CQEs and print them, by name, in the order they arrived. Returns copies.
-    func waitAndPrint(_ ring: Ring, count: Int) -> [io_uring_cqe] {
-        LabSupport.waitAndPrint(ring, count: count, labels: labels)
-    }
-}
-var requests = Requests()
+// A CQE names its request only by user_data (lesson 03). Every request here has a fixed one,
+// and the tens say which experiment it belongs to, in the order they run: 11 is section 2's
+// timer, 21 to 24 section 3's count and its NOPs, ..., 111 to 113 the last experiment of
+// section 8. This table is the lesson's record of what each one is; every CQE is printed with
+// its place in arrival order and that name, e.g. `CQE 2: NOP 1: user_data=22 res=0 flags=0`.
+let requestNames: [UInt64: String] = [
+    11: "timeout 30 ms",
+    21: "timeout count 3", 22: "NOP 1", 23: "NOP 2", 24: "NOP 3",
+    31: "timeout 10 s", 32: "timeout_remove user_data=31",
+    41: "timeout_remove user_data=11", 42: "timeout_remove user_data=999",
+    51: "read", 52: "link_timeout 50 ms",
+    61: "read", 62: "link_timeout 50 ms",
+    71: "timeout 30 ms",
+    81: "timeout 10 s", 82: "timeout count 2", 83: "timeout_remove user_data=81",
+    91: "timeout count 2", 92: "read", 93: "link_timeout 10 ms",
+    101: "timeout count 1", 102: "timeout 10 ms",
+    111: "timeout count 2", 112: "timeout count 1", 113: "NOP",
+]
+func name(_ cqe: io_uring_cqe) -> String { requestNames[cqe.user_data] ?? "?" }
 
 // SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full). Every
-// section submits and reaps its (at most 4) SQEs before the next section takes any, and the
-// ring has 8, so the SQ cannot be full here.
+// experiment submits with io_uring_submit (checkSubmit: exit 1 unless the kernel took them
+// all) and reaps all its CQEs with `waitCQE` (io_uring_wait_cqe, a copy, io_uring_cqe_seen)
+// before the next takes an SQE. At most 4 SQEs at a time, on a ring of 8: the SQ is never full.
 
-/// A relative time for the kernel, allocated so that it stays at one address until the CQE
-/// of the request pointing at it has arrived. The caller deallocates it after that CQE.
-func makeTimespec(milliseconds: Int) -> UnsafeMutablePointer<__kernel_timespec> {
+// Every timeout SQE holds the address of a `__kernel_timespec`, which must stay put until the
+// request's CQE (section 2). The lesson's times are allocated here, once, and freed in section
+// 9, after the last CQE; requests with the same time share one, which the kernel only reads.
+
+/// A relative time for the kernel, on the heap: it stays at one address until deallocated.
+func makeTimespec(_ time: Duration) -> UnsafeMutablePointer<__kernel_timespec> {
     let ts = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
-    ts.initialize(to: __kernel_timespec(tv_sec: Int64(milliseconds / 1000),
-                                        tv_nsec: Int64(milliseconds % 1000) * 1_000_000))
+    ts.initialize(to: __kernel_timespec(tv_sec: time.components.seconds,
+                                        tv_nsec: time.components.attoseconds / 1_000_000_000))
     return ts
 }
+let ms10 = makeTimespec(.milliseconds(10)), ms20 = makeTimespec(.milliseconds(20))
+let ms30 = makeTimespec(.milliseconds(30)), ms50 = makeTimespec(.milliseconds(50))
+let ms100 = makeTimespec(.milliseconds(100)), s1 = makeTimespec(.seconds(1)), s10 = makeTimespec(.seconds(10))
 
 let clock = ContinuousClock()
-func milliseconds(since start: ContinuousClock.Instant, _ clock: ContinuousClock) -> Int64 {
+func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
     let elapsed = (clock.now - start).components
     return elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000
 }
@@ -94,15 +92,14 @@ func milliseconds(since start: ContinuousClock.Instant, _ clock: ContinuousClock
 // that buffers, which the kernel fills while a request runs, always need.)
 
 print("a timer: IORING_OP_TIMEOUT of 30 ms, count 0")
-let timerTime = makeTimespec(milliseconds: 30)
 var sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, timerTime, 0, 0)
-let timerUserData = requests.tag(sqe, "timeout 30 ms")
+io_uring_prep_timeout(sqe, ms30, 0, 0)
+io_uring_sqe_set_data64(sqe, 11)
 var started = clock.now
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 1)
-print("it arrived \(milliseconds(since: started, clock)) ms after the submit")
-timerTime.deallocate()  // its CQE is here: the kernel is done with the timespec
+checkSubmit(io_uring_submit(ring), 1)
+var cqe = waitCQE(ring)
+printCQE(cqe, "CQE 1: \(name(cqe))")
+print("it arrived \(milliseconds(since: started)) ms after the submit")
 
 // MARK: - 3. A completion count: IORING_OP_TIMEOUT with count 3
 //
@@ -110,23 +107,29 @@ timerTime.deallocate()  // its CQE is here: the kernel is done with the timespec
 // CQEs have been posted after it was submitted, or with -ETIME if the time runs out first.
 // Nearly every CQE counts; the exceptions are the CQEs of timeouts that expired or were
 // completed by their own count (section 8 measures which). We give it a whole second, then
-// three NOPs in the same submit. The NOPs complete at once, their three CQEs meet the count, and the timeout
-// completes with 0 long before its second is up. (The time is only a safety net: if the count
-// were never met it would still end.)
+// three NOPs in the same submit. The NOPs complete at once, their three CQEs meet the count,
+// and the timeout completes with 0 long before its second is up. (The time is only a safety
+// net: if the count were never met it would still end.)
+//
+// From here on a timeout is queued with `queueTimeout`: the three calls of section 2.
+
+/// Queue an IORING_OP_TIMEOUT of `ts` that a `count` of other CQEs completes too (0: a timer).
+func queueTimeout(_ ring: Ring, _ ts: UnsafeMutablePointer<__kernel_timespec>, count: UInt32,
+                  userData: UInt64) {
+    let sqe = getSQE(ring)
+    io_uring_prep_timeout(sqe, ts, count, 0)
+    io_uring_sqe_set_data64(sqe, userData)
+}
 
 print("a completion count: IORING_OP_TIMEOUT of 1 s with count 3, then 3 NOPs, one submit")
-let countTime = makeTimespec(milliseconds: 1000)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, countTime, 3, 0)
-requests.tag(sqe, "timeout count 3")
-for n in 1...3 {
+queueTimeout(ring, s1, count: 3, userData: 21)
+for userData: UInt64 in 22...24 {
     sqe = getSQE(ring)
     io_uring_prep_nop(sqe)
-    requests.tag(sqe, "NOP \(n)")
+    io_uring_sqe_set_data64(sqe, userData)
 }
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 4)
-countTime.deallocate()
+checkSubmit(io_uring_submit(ring), 4)
+for n in 1...4 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 // MARK: - 4. Cancelling a timeout: IORING_OP_TIMEOUT_REMOVE
 //
@@ -143,29 +146,25 @@ countTime.deallocate()
 // man 3 io_uring_prep_timeout_remove and the kernel's code say; man 2 io_uring_enter says
 // -EBUSY.)
 
-print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
-let longTime = makeTimespec(milliseconds: 10_000)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, longTime, 0, 0)
-let longUserData = requests.tag(sqe, "timeout 10 s")
-requests.submit(ring)
+/// Queue an IORING_OP_TIMEOUT_REMOVE of the timeout submitted with user_data `target`.
+func queueTimeoutRemove(_ ring: Ring, _ target: UInt64, userData: UInt64) {
+    let sqe = getSQE(ring)
+    io_uring_prep_timeout_remove(sqe, target, 0)
+    io_uring_sqe_set_data64(sqe, userData)
+}
 
-sqe = getSQE(ring)
-io_uring_prep_timeout_remove(sqe, longUserData, 0)
-requests.tag(sqe, "timeout_remove user_data=\(longUserData)")
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 2)
-longTime.deallocate()
+print("cancelling a pending timeout: IORING_OP_TIMEOUT of 10 s, then IORING_OP_TIMEOUT_REMOVE")
+queueTimeout(ring, s10, count: 0, userData: 31)
+checkSubmit(io_uring_submit(ring), 1)
+queueTimeoutRemove(ring, 31, userData: 32)
+checkSubmit(io_uring_submit(ring), 1)
+for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 print("removing timeouts the kernel does not know: one that has fired, one never submitted")
-sqe = getSQE(ring)
-io_uring_prep_timeout_remove(sqe, timerUserData, 0)
-requests.tag(sqe, "timeout_remove user_data=\(timerUserData)")
-sqe = getSQE(ring)
-io_uring_prep_timeout_remove(sqe, 999, 0)
-requests.tag(sqe, "timeout_remove user_data=999")
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 2)
+queueTimeoutRemove(ring, 11, userData: 41)
+queueTimeoutRemove(ring, 999, userData: 42)
+checkSubmit(io_uring_submit(ring), 2)
+for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 // MARK: - 5. A deadline for one request: IORING_OP_LINK_TIMEOUT, the timer wins
 //
@@ -176,7 +175,8 @@ _ = requests.waitAndPrint(ring, count: 2)
 // The request is a read from a pipe nobody writes to: it can only wait. (A pipe has no
 // offsets; the 0 we pass is ignored.) After 50 ms the timer fires, the kernel cancels the
 // read, and two CQEs come back: the read with -ECANCELED and the link timeout with -ETIME.
-// The read buffer, like the timespec, stays allocated until the read's CQE.
+// The read buffer, like the timespec, stays allocated until the read's CQE (here: until the
+// end, for the reads of sections 6 and 8 too).
 //
 // Who wins is certain: the read cannot complete. Which CQE comes first is not promised by
 // io_uring. On 6.18 it is the link timeout's: the expired timer completes the link timeout
@@ -188,18 +188,23 @@ guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 let (pipeRead, pipeWrite) = (pipeFDs[0], pipeFDs[1])
 let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
 
+/// Queue a read of `fd` into `buffer` (user_data `read`) linked to a link timeout of `deadline`
+/// (user_data `read + 1`).
+func queueRead(_ ring: Ring, _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, read: UInt64,
+               deadline: UnsafeMutablePointer<__kernel_timespec>) {
+    var sqe = getSQE(ring)
+    io_uring_prep_read(sqe, fd, buffer.baseAddress, UInt32(buffer.count), 0)
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
+    io_uring_sqe_set_data64(sqe, read)
+    sqe = getSQE(ring)
+    io_uring_prep_link_timeout(sqe, deadline, 0)
+    io_uring_sqe_set_data64(sqe, read + 1)
+}
+
 print("a read from an empty pipe, linked to an IORING_OP_LINK_TIMEOUT of 50 ms")
-let deadline = makeTimespec(milliseconds: 50)
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-requests.tag(sqe, "read")
-sqe = getSQE(ring)
-io_uring_prep_link_timeout(sqe, deadline, 0)
-requests.tag(sqe, "link_timeout 50 ms")
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 2)
-deadline.deallocate()
+queueRead(ring, pipeRead, readBuffer, read: 51, deadline: ms50)
+checkSubmit(io_uring_submit(ring), 2)
+for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 // MARK: - 6. The other order: the read wins
 //
@@ -216,22 +221,20 @@ deadline.deallocate()
 print("the same pair with 6 bytes already in the pipe")
 let ready = Array("ready\n".utf8)
 guard write(pipeWrite, ready, ready.count) == ready.count else {
-    fail("write to the pipe: \(describe(res: -errno))")
+    let error = errno
+    close(pipeRead)
+    close(pipeWrite)
+    fail("write to the pipe: \(describe(res: -error))")
 }
-let deadline2 = makeTimespec(milliseconds: 50)
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-let readUserData = requests.tag(sqe, "read")
-sqe = getSQE(ring)
-io_uring_prep_link_timeout(sqe, deadline2, 0)
-requests.tag(sqe, "link_timeout 50 ms")
-requests.submit(ring)
-let pair = requests.waitAndPrint(ring, count: 2)
-deadline2.deallocate()
-if let read = pair.first(where: { $0.user_data == readUserData }), read.res > 0 {
-    print("read: \(quoted(readBuffer.prefix(Int(read.res))))")
+queueRead(ring, pipeRead, readBuffer, read: 61, deadline: ms50)
+checkSubmit(io_uring_submit(ring), 2)
+var bytesRead: Int32 = 0
+for n in 1...2 {
+    cqe = waitCQE(ring)
+    printCQE(cqe, "CQE \(n): \(name(cqe))")
+    if cqe.user_data == 61 { bytesRead = cqe.res }
 }
+if bytesRead > 0 { print("read: \(quoted(readBuffer.prefix(Int(bytesRead))))") }
 
 // MARK: - 7. Waiting with a limit: io_uring_wait_cqe_timeout
 //
@@ -244,13 +247,11 @@ if let read = pair.first(where: { $0.user_data == readUserData }), read.res > 0 
 // LIBURING_UDATA_TIMEOUT) and submits it: so `ts` follows the same rule as every timespec.
 
 print("io_uring_wait_cqe_timeout of 20 ms with nothing in flight")
-let waitTime = makeTimespec(milliseconds: 20)
 var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
 started = clock.now
-var ret = io_uring_wait_cqe_timeout(ring, &cqePointer, waitTime)
-print("io_uring_wait_cqe_timeout = \(describe(res: ret)) after \(milliseconds(since: started, clock)) ms; "
+var ret = io_uring_wait_cqe_timeout(ring, &cqePointer, ms20)
+print("io_uring_wait_cqe_timeout = \(describe(res: ret)) after \(milliseconds(since: started)) ms; "
     + "CQEs ready: \(io_uring_cq_ready(ring))")
-waitTime.deallocate()
 
 // When a CQE does arrive in time, the call returns 0 and hands it over like io_uring_wait_cqe.
 // A 30 ms timer is in flight and we wait up to 1 s: the call returns 0, and it is the CQE
@@ -258,28 +259,24 @@ waitTime.deallocate()
 // return value, "the timer ran out" is a CQE's res.
 
 print("io_uring_wait_cqe_timeout of 1 s with a 30 ms timer in flight")
-let shortTimer = makeTimespec(milliseconds: 30)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, shortTimer, 0, 0)
-requests.tag(sqe, "timeout 30 ms")
-requests.submit(ring)
-let longWait = makeTimespec(milliseconds: 1000)
-ret = io_uring_wait_cqe_timeout(ring, &cqePointer, longWait)
+queueTimeout(ring, ms30, count: 0, userData: 71)
+checkSubmit(io_uring_submit(ring), 1)
+ret = io_uring_wait_cqe_timeout(ring, &cqePointer, s1)
 guard ret == 0, let pointer = cqePointer else {
+    close(pipeRead)
+    close(pipeWrite)
     fail("io_uring_wait_cqe_timeout returned \(describe(res: ret)) with a timer in flight")
 }
-let timerCQE = pointer.pointee
+cqe = pointer.pointee
 io_uring_cqe_seen(ring, pointer)
-printCQE(timerCQE, "io_uring_wait_cqe_timeout = \(ret): \(requests.labels[timerCQE.user_data])")
-longWait.deallocate()
-shortTimer.deallocate()
+printCQE(cqe, "io_uring_wait_cqe_timeout = \(ret): \(name(cqe))")
 
 // MARK: - 8. What a completion count counts
 //
 // A count timeout counts the CQEs posted after it, but not every CQE: the kernel keeps a
 // separate tally of timeouts that completed by *firing* (their time ran out) or by *their own
 // count*, and subtracts it (io_uring/timeout.c: cq_timeouts). Every other CQE counts, timeouts'
-// included. Two experiments, each a count timeout with a time limit as a safety net:
+// included. Four experiments, each a count timeout with a time limit as a safety net:
 //
 // - count 2: a pending 10 s timer is removed (as in section 4). Two CQEs follow, the remove's
 //   0 and the timer's -ECANCELED. If the cancelled timeout's CQE counts, the count timeout
@@ -289,63 +286,46 @@ shortTimer.deallocate()
 //   link timeout's CQE counts.
 // - count 1: a 10 ms timer that expires. Its -ETIME is the only other CQE, so the count
 //   timeout completes with 0 if that CQE counts, and with -ETIME after 100 ms if it does not.
+// - count 2 (100 ms) and count 1 (1 s), then a NOP. The NOP's CQE counts for both, and meets
+//   count 1 at once. Count 2 then completes with 0 if that timeout's CQE counts too, and with
+//   -ETIME after its 100 ms if a timeout completed by its own count does not count.
 
 print("what a count counts: IORING_OP_TIMEOUT count 2 (1 s), then remove a pending 10 s timer")
-let pendingTime = makeTimespec(milliseconds: 10_000)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, pendingTime, 0, 0)
-let pendingUserData = requests.tag(sqe, "timeout 10 s")
-requests.submit(ring)
-let countRemoveTime = makeTimespec(milliseconds: 1000)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, countRemoveTime, 2, 0)
-requests.tag(sqe, "timeout count 2")
-sqe = getSQE(ring)
-io_uring_prep_timeout_remove(sqe, pendingUserData, 0)
-requests.tag(sqe, "timeout_remove user_data=\(pendingUserData)")
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 3)
-pendingTime.deallocate()
-countRemoveTime.deallocate()
+queueTimeout(ring, s10, count: 0, userData: 81)
+checkSubmit(io_uring_submit(ring), 1)
+queueTimeout(ring, s1, count: 2, userData: 82)
+queueTimeoutRemove(ring, 81, userData: 83)
+checkSubmit(io_uring_submit(ring), 2)
+for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 print("what a count counts: IORING_OP_TIMEOUT count 2 (1 s), then an empty-pipe read with a 10 ms link timeout")
-let countLinkTime = makeTimespec(milliseconds: 1000)
-let shortDeadline = makeTimespec(milliseconds: 10)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, countLinkTime, 2, 0)
-requests.tag(sqe, "timeout count 2")
-sqe = getSQE(ring)
-io_uring_prep_read(sqe, pipeRead, readBuffer.baseAddress, UInt32(readBuffer.count), 0)
-io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-requests.tag(sqe, "read")
-sqe = getSQE(ring)
-io_uring_prep_link_timeout(sqe, shortDeadline, 0)
-requests.tag(sqe, "link_timeout 10 ms")
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 3)
-countLinkTime.deallocate()
-shortDeadline.deallocate()
+queueTimeout(ring, s1, count: 2, userData: 91)
+queueRead(ring, pipeRead, readBuffer, read: 92, deadline: ms10)
+checkSubmit(io_uring_submit(ring), 3)
+for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 print("what a count counts: IORING_OP_TIMEOUT count 1 (100 ms), then a 10 ms timer that expires")
-let countTimerTime = makeTimespec(milliseconds: 100)
-let expiringTime = makeTimespec(milliseconds: 10)
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, countTimerTime, 1, 0)
-requests.tag(sqe, "timeout count 1")
-sqe = getSQE(ring)
-io_uring_prep_timeout(sqe, expiringTime, 0, 0)
-requests.tag(sqe, "timeout 10 ms")
+queueTimeout(ring, ms100, count: 1, userData: 101)
+queueTimeout(ring, ms10, count: 0, userData: 102)
 started = clock.now
-requests.submit(ring)
-_ = requests.waitAndPrint(ring, count: 2)
-print("the count timeout's CQE arrived \(milliseconds(since: started, clock)) ms after the submit")
-countTimerTime.deallocate()
-expiringTime.deallocate()
+checkSubmit(io_uring_submit(ring), 2)
+for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
+print("the count timeout's CQE arrived \(milliseconds(since: started)) ms after the submit")
+
+print("what a count counts: IORING_OP_TIMEOUT count 2 (100 ms) and count 1 (1 s), then a NOP")
+queueTimeout(ring, ms100, count: 2, userData: 111)
+queueTimeout(ring, s1, count: 1, userData: 112)
+sqe = getSQE(ring)
+io_uring_prep_nop(sqe)
+io_uring_sqe_set_data64(sqe, 113)
+checkSubmit(io_uring_submit(ring), 3)
+for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
 // MARK: - 9. Cleaning up
 //
 // Every request has completed, so nothing points into our memory any more.
 
+for ts in [ms10, ms20, ms30, ms50, ms100, s1, s10] { ts.deallocate() }
 readBuffer.deallocate()
 close(pipeRead)
 close(pipeWrite)

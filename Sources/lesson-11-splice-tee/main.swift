@@ -46,6 +46,23 @@ for line in 1...200 {
     defaultText += Array("line \(padded) of 200: moved by splice and tee, no copy\n".utf8)
 }
 let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: defaultText)
+// The four copies go into a temp directory of their own, removed at exit. It is made before
+// any fd is opened, so that its error line has nothing of ours to close.
+let outputDirectory = makeTempDir("lesson-11")
+
+// Every fd the lesson opens from here on is listed in `openFDs`, and `stop` closes them all
+// before the error line: no error leaves an fd open. It is called only after the CQE it is
+// about, when no request that names these fds can still run (a chain's second splice is
+// cancelled when the first fails). One thread uses the list, so it needs no lock.
+nonisolated(unsafe) var openFDs: [Int32] = []
+func closeAll() {
+    for fd in openFDs.reversed() { close(fd) }
+    openFDs = []
+}
+func stop(_ message: String) -> Never {
+    closeAll()
+    fail(message)
+}
 
 // A splice from a pipe, a socket or /dev/zero works too, but has no size to copy and compare,
 // so SRC must be a regular file. (Checked before opening: opening a FIFO would wait for a writer.)
@@ -54,7 +71,8 @@ guard stat(sourcePath, &info) == 0 else { fail("cannot open \(sourcePath): \(des
 guard info.st_mode & S_IFMT == S_IFREG else { fail("\(sourcePath) is not a regular file") }
 let source = open(sourcePath, O_RDONLY)
 guard source >= 0 else { fail("cannot open \(sourcePath): \(describe(res: -errno))") }
-guard fstat(source, &info) == 0 else { fail("cannot stat \(sourcePath): \(describe(res: -errno))") }
+openFDs.append(source)
+guard fstat(source, &info) == 0 else { stop("cannot stat \(sourcePath): \(describe(res: -errno))") }
 let size = Int(info.st_size)
 
 // Every copy below is sized by st_size, so the file must end where its size says. Files in
@@ -65,17 +83,17 @@ let size = Int(info.st_size)
 var probe: UInt8 = 0
 if size > 0 {
     let last = pread(source, &probe, 1, off_t(size - 1))
-    guard last >= 0 else { fail("cannot read \(sourcePath): \(describe(res: -errno))") }
+    guard last >= 0 else { stop("cannot read \(sourcePath): \(describe(res: -errno))") }
     guard last == 1 else {
-        fail("\(sourcePath) says \(size) bytes (stat), but a read of its last byte found the end of "
+        stop("\(sourcePath) says \(size) bytes (stat), but a read of its last byte found the end of "
             + "the file: its size is not what it holds (files in /proc and /sys), and every copy "
             + "here is sized by st_size")
     }
 }
 let beyond = pread(source, &probe, 1, off_t(size))
-guard beyond >= 0 else { fail("cannot read \(sourcePath): \(describe(res: -errno))") }
+guard beyond >= 0 else { stop("cannot read \(sourcePath): \(describe(res: -errno))") }
 guard beyond == 0 else {
-    fail("\(sourcePath) says \(size) bytes (stat), but a read at offset \(size) still found data: "
+    stop("\(sourcePath) says \(size) bytes (stat), but a read at offset \(size) still found data: "
         + "its size is not what it holds (files in /proc and /sys), and every copy here is sized by st_size")
 }
 print("source: \(sourcePath), \(size) bytes")
@@ -87,45 +105,45 @@ let F_GETPIPE_SZ: Int32 = 1032
 
 /// A pipe: splice and tee need one on at least one side. Data goes in at `write`, out at `read`.
 struct Pipe {
-    let name: String
     let read: Int32
     let write: Int32
 }
 
-func makePipe(_ name: String) -> Pipe {
+func makePipe() -> Pipe {
     var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { fail("pipe: \(describe(res: -errno))") }
-    return Pipe(name: name, read: fds[0], write: fds[1])
+    guard pipe(&fds) == 0 else { stop("pipe: \(describe(res: -errno))") }
+    openFDs += fds
+    return Pipe(read: fds[0], write: fds[1])
 }
 
 /// How many bytes wait in the pipe (FIONREAD, as for a socket).
 func bytesIn(_ pipe: Pipe) -> Int32 {
     var count: Int32 = 0
-    guard ioctl(pipe.read, UInt(FIONREAD), &count) == 0 else { fail("FIONREAD: \(describe(res: -errno))") }
+    guard ioctl(pipe.read, UInt(FIONREAD), &count) == 0 else { stop("FIONREAD: \(describe(res: -errno))") }
     return count
 }
 
-let pipeA = makePipe("pipe A")
-let pipeB = makePipe("pipe B")
-let pipeC = makePipe("pipe C")
+let pipeA = makePipe()
+let pipeB = makePipe()
+let pipeC = makePipe()
 let capacityA = Int(fcntl(pipeA.write, F_GETPIPE_SZ))
-guard capacityA > 0 else { fail("F_GETPIPE_SZ: \(describe(res: -errno))") }
+guard capacityA > 0 else { stop("F_GETPIPE_SZ: \(describe(res: -errno))") }
 let capacityB = Int(fcntl(pipeB.write, F_GETPIPE_SZ))
-guard capacityB > 0 else { fail("F_GETPIPE_SZ: \(describe(res: -errno))") }
+guard capacityB > 0 else { stop("F_GETPIPE_SZ: \(describe(res: -errno))") }
 print("pipe A: capacity \(capacityA) bytes, pipe B: capacity \(capacityB) bytes (F_GETPIPE_SZ)")
 // A round must fit in pipe A, and the tee must fit all of it into pipe B.
 let capacity = min(capacityA, capacityB)
 
-// The four copies go into a temp directory of their own, removed at exit.
-let outputDirectory = makeTempDir("lesson-11")
+/// A new file in the output directory, open for writing the copy and reading it back.
 struct Destination {
     let name: String
     let fd: Int32
 }
 func createDestination(_ name: String) -> Destination {
     let path = outputDirectory + "/" + name
-    let fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0o644)
-    guard fd >= 0 else { fail("cannot create \(path): \(describe(res: -errno))") }
+    let fd = open(path, O_CREAT | O_EXCL | O_RDWR, 0o644)
+    guard fd >= 0 else { stop("cannot create \(path): \(describe(res: -errno))") }
+    openFDs.append(fd)
     return Destination(name: name, fd: fd)
 }
 let spliceCopy = createDestination("splice-copy.txt")
@@ -133,31 +151,30 @@ let teeCopy = createDestination("tee-copy.txt")
 let linkedCopy = createDestination("linked-copy.txt")
 let smallPipeCopy = createDestination("small-pipe-copy.txt")
 
-// MARK: - 2. Submitting and reaping
+// MARK: - 2. Naming the requests, and checking what they moved
 //
-// Each request gets the next user_data and a label, so that every CQE can be printed with what
-// it answers. A chain must go in with one submit, and the ring has 8 entries: at most 2 SQEs
-// are ever prepared before a submit that reaps them all, so io_uring_get_sqe cannot return nil
-// here (the guard ends the lesson with an error line if it ever did).
+// A CQE names its request only by user_data (lesson 03). Every request has a fixed one, by
+// section: 11 to 14 for the four requests of section 3, 21 and 22 for section 4's chain, 31
+// and 32 for section 5's, 33 for its lone splice. A round reuses its section's values: all
+// of one round's CQEs are in before the next round's SQEs go in. This table names them.
+let requestNames: [UInt64: String] = [
+    11: "splice source -> pipe A", 12: "tee pipe A -> pipe B",
+    13: "splice pipe A -> splice-copy.txt", 14: "splice pipe B -> tee-copy.txt",
+    21: "splice source -> pipe A", 22: "splice pipe A -> linked-copy.txt",
+    31: "splice source -> pipe C", 32: "splice pipe C -> small-pipe-copy.txt",
+    33: "lone splice pipe C -> small-pipe-copy.txt",
+]
+func name(_ cqe: io_uring_cqe) -> String { requestNames[cqe.user_data] ?? "?" }
 
-// `labels` (LabSupport's RequestLabels) hands out the user_data values and remembers a label
-// for each; `labels.getSQE(ring, "...")` is getSQE plus io_uring_sqe_set_data64.
-let labels = RequestLabels()
+// Requests are submitted with io_uring_submit (checkSubmit: exit 1 unless the kernel took
+// every SQE) and reaped with `waitCQE` (io_uring_wait_cqe, a copy, io_uring_cqe_seen). A chain
+// must go in with one submit, and the ring has 8 entries: at most 2 SQEs are ever prepared
+// before a submit that reaps them all, so `getSQE` (io_uring_get_sqe) cannot find the SQ full.
 
-/// Submit what is prepared with one io_uring_submit and wait for `count` CQEs, returned in the
-/// order they arrived (each copied before its slot is handed back).
-func submitAndWait(_ ring: Ring, count: Int) -> (submitted: Int32, cqes: [io_uring_cqe]) {
-    let submitted = io_uring_submit(ring)
-    guard submitted == count else { fail("io_uring_submit returned \(describe(res: submitted)), expected \(count)") }
-    var cqes: [io_uring_cqe] = []
-    for _ in 0..<count {
-        var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-        let ret = io_uring_wait_cqe(ring, &cqePointer)
-        guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-        cqes.append(cqePointer.pointee)
-        io_uring_cqe_seen(ring, cqePointer)
-    }
-    return (submitted, cqes)
+/// The rule every CQE below is checked against: it moved exactly the bytes we asked for.
+func expect(_ cqe: io_uring_cqe, _ bytes: Int) {
+    guard cqe.res >= 0 else { stop("\(name(cqe)) completed with res=\(describe(res: cqe.res))") }
+    guard cqe.res == Int32(bytes) else { stop("\(name(cqe)) moved \(cqe.res) bytes, expected \(bytes)") }
 }
 
 /// A file can be larger than a pipe, so each copy goes in rounds; only the first few are
@@ -165,13 +182,6 @@ func submitAndWait(_ ring: Ring, count: Int) -> (submitted: Int32, cqes: [io_uri
 let shownRounds = 3
 func roundsNotShown(_ rounds: Int) {
     if rounds > shownRounds { print("... \(rounds - shownRounds) more rounds not shown") }
-}
-
-/// The rule every CQE below is checked against: it moved exactly the bytes we asked for.
-func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
-    let label = labels[cqe.user_data]
-    guard cqe.res >= 0 else { fail("\(label) completed with res=\(describe(res: cqe.res))") }
-    guard cqe.res == Int32(bytes) else { fail("\(label) moved \(cqe.res) bytes, expected \(bytes)") }
 }
 
 // MARK: - 3. splice and tee, one request at a time
@@ -189,7 +199,8 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
 // shows that: after the tee both pipes hold the bytes.
 //
 // Here each request waits for the one before: the tee must not run before pipe A has data,
-// and pipe A must not be drained before the tee.
+// and pipe A must not be drained before the tee. So a round is four requests, in this order,
+// each submitted alone and reaped before the next is prepared.
 // Section 4 gets the same ordering from the kernel with IOSQE_IO_LINK.
 //
 // splice and tee may wait on a pipe, so io_uring always runs them in one of its worker threads
@@ -204,46 +215,31 @@ func expect(_ cqe: io_uring_cqe, _ bytes: Int, _ labels: RequestLabels) {
 // the submit). So every fd stays open until the last CQE is in (section 7).
 
 print("splice source -> pipe A, tee pipe A -> pipe B, then each pipe -> its own file:")
-var offset = 0
-var round = 0
-while offset < size {
+var rounds = 0
+for offset in stride(from: 0, to: size, by: capacity) {
     let want = min(size - offset, capacity)
-    round += 1
-    let show = round <= shownRounds
-    if show { print("round \(round): offset \(offset), \(want) bytes") }
-
-    var sqe = labels.getSQE(ring, "splice source -> pipe A")
-    io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
-    let intoA = submitAndWait(ring, count: 1).cqes[0]
-    if show { printCQE(intoA, "  splice source -> pipe A") }
-    expect(intoA, want, labels)
-
-    sqe = labels.getSQE(ring, "tee pipe A -> pipe B")
-    io_uring_prep_tee(sqe, pipeA.read, pipeB.write, UInt32(want), 0)
-    let teed = submitAndWait(ring, count: 1).cqes[0]
-    if show {
-        printCQE(teed, "  tee pipe A -> pipe B")
-        print("  in the pipes now (FIONREAD): A \(bytesIn(pipeA)) bytes, B \(bytesIn(pipeB)) bytes")
+    rounds += 1
+    let show = rounds <= shownRounds
+    if show { print("round \(rounds): offset \(offset), \(want) bytes") }
+    for userData: UInt64 in 11...14 {
+        let sqe = getSQE(ring)
+        switch userData {
+        case 11: io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
+        case 12: io_uring_prep_tee(sqe, pipeA.read, pipeB.write, UInt32(want), 0)
+        case 13: io_uring_prep_splice(sqe, pipeA.read, -1, spliceCopy.fd, Int64(offset), UInt32(want), 0)
+        default: io_uring_prep_splice(sqe, pipeB.read, -1, teeCopy.fd, Int64(offset), UInt32(want), 0)
+        }
+        io_uring_sqe_set_data64(sqe, userData)
+        checkSubmit(io_uring_submit(ring), 1)
+        let cqe = waitCQE(ring)
+        if show { printCQE(cqe, "  " + name(cqe)) }
+        if show && (userData == 12 || userData == 14) {
+            print("  in the pipes now (FIONREAD): A \(bytesIn(pipeA)) bytes, B \(bytesIn(pipeB)) bytes")
+        }
+        expect(cqe, want)
     }
-    expect(teed, want, labels)
-
-    sqe = labels.getSQE(ring, "splice pipe A -> \(spliceCopy.name)")
-    io_uring_prep_splice(sqe, pipeA.read, -1, spliceCopy.fd, Int64(offset), UInt32(want), 0)
-    let outOfA = submitAndWait(ring, count: 1).cqes[0]
-    if show { printCQE(outOfA, "  splice pipe A -> \(spliceCopy.name)") }
-    expect(outOfA, want, labels)
-
-    sqe = labels.getSQE(ring, "splice pipe B -> \(teeCopy.name)")
-    io_uring_prep_splice(sqe, pipeB.read, -1, teeCopy.fd, Int64(offset), UInt32(want), 0)
-    let outOfB = submitAndWait(ring, count: 1).cqes[0]
-    if show {
-        printCQE(outOfB, "  splice pipe B -> \(teeCopy.name)")
-        print("  in the pipes now (FIONREAD): A \(bytesIn(pipeA)) bytes, B \(bytesIn(pipeB)) bytes")
-    }
-    expect(outOfB, want, labels)
-    offset += want
 }
-roundsNotShown(round)
+roundsNotShown(rounds)
 
 // MARK: - 4. splice linked to splice: file -> pipe -> file in one submit
 //
@@ -257,31 +253,40 @@ roundsNotShown(round)
 //   - no more than the pipe can take (a splice into a pipe stops when the pipe is full:
 //     short). With a 64 KiB pipe, a round moves at most 64 KiB.
 // The second splice asks for the same number of bytes, which is exactly what the pipe then holds.
+//
+// Section 5 sends the same chain through another pipe, so the two SQEs are prepared by a
+// function, `queueChain`; each section submits them and reaps the CQEs itself.
+
+/// The chain for `want` bytes at `offset`: a splice from `source` into `pipe` (user_data
+/// `first`, IOSQE_IO_LINK), then one from `pipe` into `destination` (user_data `first + 1`).
+func queueChain(_ ring: Ring, from source: Int32, through pipe: Pipe, to destination: Destination,
+                offset: Int, want: Int, first: UInt64) {
+    var sqe = getSQE(ring)
+    io_uring_prep_splice(sqe, source, Int64(offset), pipe.write, -1, UInt32(want), 0)
+    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
+    io_uring_sqe_set_data64(sqe, first)
+    sqe = getSQE(ring)
+    io_uring_prep_splice(sqe, pipe.read, -1, destination.fd, Int64(offset), UInt32(want), 0)
+    io_uring_sqe_set_data64(sqe, first + 1)
+}
 
 print("splice source -> pipe A linked to splice pipe A -> \(linkedCopy.name), one submit per round:")
-offset = 0
-round = 0
-while offset < size {
+rounds = 0
+for offset in stride(from: 0, to: size, by: capacity) {
     let want = min(size - offset, capacity)
-    round += 1
-    var sqe = labels.getSQE(ring, "splice source -> pipe A")
-    io_uring_prep_splice(sqe, source, Int64(offset), pipeA.write, -1, UInt32(want), 0)
-    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-    sqe = labels.getSQE(ring, "splice pipe A -> \(linkedCopy.name)")
-    io_uring_prep_splice(sqe, pipeA.read, -1, linkedCopy.fd, Int64(offset), UInt32(want), 0)
-
-    let (submitted, cqes) = submitAndWait(ring, count: 2)
-    if round <= shownRounds {
-        print("round \(round): offset \(offset), \(want) bytes")
-        print("  io_uring_submit = \(submitted)")
-        for (position, cqe) in cqes.enumerated() {
-            printCQE(cqe, "  CQE \(position + 1): \(labels[cqe.user_data])")
-        }
+    rounds += 1
+    if rounds <= shownRounds { print("round \(rounds): offset \(offset), \(want) bytes") }
+    queueChain(ring, from: source, through: pipeA, to: linkedCopy, offset: offset, want: want, first: 21)
+    let submitted = io_uring_submit(ring)
+    checkSubmit(submitted, 2)
+    if rounds <= shownRounds { print("  io_uring_submit = \(submitted)") }
+    for n in 1...2 {
+        let cqe = waitCQE(ring)
+        if rounds <= shownRounds { printCQE(cqe, "  CQE \(n): \(name(cqe))") }
+        expect(cqe, want)
     }
-    for cqe in cqes { expect(cqe, want, labels) }
-    offset += want
 }
-roundsNotShown(round)
+roundsNotShown(rounds)
 
 // MARK: - 5. A pipe smaller than the request breaks the chain
 //
@@ -292,55 +297,48 @@ roundsNotShown(round)
 // them on. Every later round asks for no more than the pipe's capacity, and runs whole.
 
 let smallCapacity = Int(fcntl(pipeC.write, F_SETPIPE_SZ, Int32(getpagesize())))
-guard smallCapacity > 0 else { fail("F_SETPIPE_SZ: \(describe(res: -errno))") }
+guard smallCapacity > 0 else { stop("F_SETPIPE_SZ: \(describe(res: -errno))") }
 print("the same chain through pipe C, shrunk to \(smallCapacity) bytes (F_SETPIPE_SZ):")
-offset = 0
-round = 0
+var offset = 0
+rounds = 0
 while offset < size {
     // Round 1 is sized for pipe A, deliberately; the rest for pipe C.
-    let want = min(size - offset, round == 0 ? capacity : smallCapacity)
-    round += 1
-    let show = round <= shownRounds
-    var sqe = labels.getSQE(ring, "splice source -> pipe C")
-    let intoPipeUserData = sqe.pointee.user_data
-    io_uring_prep_splice(sqe, source, Int64(offset), pipeC.write, -1, UInt32(want), 0)
-    io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK)
-    sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
-    io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(want), 0)
-
-    let (submitted, cqes) = submitAndWait(ring, count: 2)
-    if show {
-        print("round \(round): offset \(offset), asking for \(want) bytes")
-        print("  io_uring_submit = \(submitted)")
-        for (position, cqe) in cqes.enumerated() {
-            let moved = Int(cqe.res)
-            let note = moved >= 0 && moved < want ? "  <- short: \(moved) of \(want) bytes" : ""
-            print("  CQE \(position + 1): \(labels[cqe.user_data]): \(format(cqe))" + note)
-        }
+    let want = min(size - offset, rounds == 0 ? capacity : smallCapacity)
+    rounds += 1
+    let show = rounds <= shownRounds
+    if show { print("round \(rounds): offset \(offset), asking for \(want) bytes") }
+    queueChain(ring, from: source, through: pipeC, to: smallPipeCopy, offset: offset, want: want, first: 31)
+    let submitted = io_uring_submit(ring)
+    checkSubmit(submitted, 2)
+    if show { print("  io_uring_submit = \(submitted)") }
+    var intoPipe = io_uring_cqe(), outOfPipe = io_uring_cqe()
+    for n in 1...2 {
+        let cqe = waitCQE(ring)
+        let short = cqe.res >= 0 && cqe.res < want ? "  <- short: \(cqe.res) of \(want) bytes" : ""
+        if show { print("  CQE \(n): \(name(cqe)): \(format(cqe))" + short) }
+        // Which CQE is which: they arrive in chain order, but user_data is what says so.
+        if cqe.user_data == 31 { intoPipe = cqe } else { outOfPipe = cqe }
     }
-    // Which CQE is which: they arrive in chain order, but user_data is what says so.
-    guard let first = cqes.first(where: { $0.user_data == intoPipeUserData }),
-          let second = cqes.first(where: { $0.user_data != intoPipeUserData }) else {
-        fail("the chain's two CQEs are missing")
-    }
-    var moved = Int(first.res)
-    if moved > 0 && moved < want && second.res == -ECANCELED {
+    var moved = Int(intoPipe.res)
+    if moved > 0 && moved < want && outOfPipe.res == -ECANCELED {
         // The short splice broke the chain; its bytes wait in the pipe. Move them with a lone
         // splice that asks for exactly the `moved` bytes the pipe holds.
         if show { print("  in pipe C now (FIONREAD): \(bytesIn(pipeC)) bytes, left by the cancelled link") }
-        sqe = labels.getSQE(ring, "splice pipe C -> \(smallPipeCopy.name)")
+        let sqe = getSQE(ring)
         io_uring_prep_splice(sqe, pipeC.read, -1, smallPipeCopy.fd, Int64(offset), UInt32(moved), 0)
-        let rescue = submitAndWait(ring, count: 1).cqes[0]
-        if show { printCQE(rescue, "  lone splice pipe C -> \(smallPipeCopy.name)") }
-        expect(rescue, moved, labels)
+        io_uring_sqe_set_data64(sqe, 33)
+        checkSubmit(io_uring_submit(ring), 1)
+        let rescue = waitCQE(ring)
+        if show { printCQE(rescue, "  " + name(rescue)) }
+        expect(rescue, moved)
     } else {
-        expect(first, want, labels)
-        expect(second, want, labels)
+        expect(intoPipe, want)
+        expect(outOfPipe, want)
         moved = want
     }
     offset += moved
 }
-roundsNotShown(round)
+roundsNotShown(rounds)
 
 // MARK: - 6. Do the copies match the source?
 //
@@ -351,19 +349,19 @@ roundsNotShown(round)
 /// (nil if none: same size, same bytes).
 func compareWithSource(_ fd: Int32, _ source: Int32, _ sourceSize: Int) -> (size: Int, firstDifference: Int?) {
     var copyInfo = stat()
-    guard fstat(fd, &copyInfo) == 0 else { fail("fstat: \(describe(res: -errno))") }
+    guard fstat(fd, &copyInfo) == 0 else { stop("fstat: \(describe(res: -errno))") }
     let copySize = Int(copyInfo.st_size)
     let chunk = 65536
     let a = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
     let b = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
     defer { a.deallocate(); b.deallocate() }
-    guard let aBytes = a.baseAddress, let bBytes = b.baseAddress else { fail("out of memory") }
+    guard let aBytes = a.baseAddress, let bBytes = b.baseAddress else { stop("out of memory") }
     var position = 0
     while position < min(copySize, sourceSize) {
         let length = min(chunk, min(copySize, sourceSize) - position)
         guard pread(source, aBytes, length, off_t(position)) == length,
               pread(fd, bBytes, length, off_t(position)) == length else {
-            fail("cannot read back the copies: \(describe(res: -errno))")
+            stop("cannot read back the copies: \(describe(res: -errno))")
         }
         if memcmp(aBytes, bBytes, length) != 0,
            let index = (0..<length).first(where: { a[$0] != b[$0] }) {
@@ -374,15 +372,11 @@ func compareWithSource(_ fd: Int32, _ source: Int32, _ sourceSize: Int) -> (size
     return (copySize, copySize == sourceSize ? nil : min(copySize, sourceSize))
 }
 
-// The destinations were opened write-only; reading them back needs a readable fd.
 print("the copies, compared with the source byte for byte:")
 print("source: \(size) bytes")
 var allMatch = true
 for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] {
-    let readable = open(outputDirectory + "/" + destination.name, O_RDONLY)
-    guard readable >= 0 else { fail("cannot open \(destination.name): \(describe(res: -errno))") }
-    let (copySize, difference) = compareWithSource(readable, source, size)
-    close(readable)
+    let (copySize, difference) = compareWithSource(destination.fd, source, size)
     if let difference {
         allMatch = false
         print("\(destination.name): \(copySize) bytes, differs from the source at byte \(difference)")
@@ -397,11 +391,6 @@ for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] {
 // now they may be closed. Closing both ends of each pipe frees its buffers (and the page
 // references they held).
 
-for pipe in [pipeA, pipeB, pipeC] {
-    close(pipe.read)
-    close(pipe.write)
-}
-for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] { close(destination.fd) }
-close(source)
+closeAll()
 destroyRing(ring)
 if !allMatch { fail("a copy differs from the source") }

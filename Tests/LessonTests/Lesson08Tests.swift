@@ -3,28 +3,30 @@ import XCTest
 final class Lesson08Tests: XCTestCase {
     /// Every CQE by name in arrival order: the timer's -ETIME, the count's 0 after three NOPs,
     /// the removed timeout's -ECANCELED and the removes' 0 and -ENOENT, both orders of the
-    /// link-timeout race, wait_cqe_timeout's -ETIME return, and which CQEs a count counts:
-    /// lessons/08-timeouts.md.
+    /// link-timeout race, wait_cqe_timeout's -ETIME return, and which CQEs a count counts (four
+    /// cases): lessons/08-timeouts.md.
     func testTimeouts() throws {
         let run = try Lesson("08").runAndCompareWithProse()
         let lines = run.stdoutLines
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         for line in [
-            "CQE 1: timeout 30 ms: user_data=1 res=-ETIME (-62) flags=0",
-            "CQE 4: timeout count 3: user_data=2 res=0 flags=0",
-            "CQE 2: timeout 10 s: user_data=6 res=-ECANCELED (-125) flags=0",
-            "CQE 1: timeout_remove user_data=6: user_data=7 res=0 flags=0",
-            "CQE 2: timeout_remove user_data=999: user_data=9 res=-ENOENT (-2) flags=0",
-            "CQE 1: link_timeout 50 ms: user_data=11 res=-ETIME (-62) flags=0",
-            "CQE 2: read: user_data=10 res=-ECANCELED (-125) flags=0",
-            "CQE 1: read: user_data=12 res=6 flags=0",
-            "CQE 2: link_timeout 50 ms: user_data=13 res=-ECANCELED (-125) flags=0",
-            "io_uring_wait_cqe_timeout = 0: timeout 30 ms: user_data=14 res=-ETIME (-62) flags=0",
+            "CQE 1: timeout 30 ms: user_data=11 res=-ETIME (-62) flags=0",
+            "CQE 4: timeout count 3: user_data=21 res=0 flags=0",
+            "CQE 2: timeout 10 s: user_data=31 res=-ECANCELED (-125) flags=0",
+            "CQE 1: timeout_remove user_data=31: user_data=32 res=0 flags=0",
+            "CQE 2: timeout_remove user_data=999: user_data=42 res=-ENOENT (-2) flags=0",
+            "CQE 1: link_timeout 50 ms: user_data=52 res=-ETIME (-62) flags=0",
+            "CQE 2: read: user_data=51 res=-ECANCELED (-125) flags=0",
+            "CQE 1: read: user_data=61 res=6 flags=0",
+            "CQE 2: link_timeout 50 ms: user_data=62 res=-ECANCELED (-125) flags=0",
+            "io_uring_wait_cqe_timeout = 0: timeout 30 ms: user_data=71 res=-ETIME (-62) flags=0",
             // What a count counts: a removed timeout's -ECANCELED and a link timeout's CQE do,
-            // an expired timer's does not.
-            "CQE 3: timeout count 2: user_data=16 res=0 flags=0",
-            "CQE 3: timeout count 2: user_data=18 res=0 flags=0",
-            "CQE 2: timeout count 1: user_data=21 res=-ETIME (-62) flags=0",
+            // an expired timer's does not, nor does that of a timeout completed by its count.
+            "CQE 3: timeout count 2: user_data=82 res=0 flags=0",
+            "CQE 3: timeout count 2: user_data=91 res=0 flags=0",
+            "CQE 2: timeout count 1: user_data=101 res=-ETIME (-62) flags=0",
+            "CQE 2: timeout count 1: user_data=112 res=0 flags=0",
+            "CQE 3: timeout count 2: user_data=111 res=-ETIME (-62) flags=0",
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }

@@ -12,9 +12,9 @@ final class Lesson11Tests: XCTestCase {
         for line in [
             "pipe A: capacity 65536 bytes, pipe B: capacity 65536 bytes (F_GETPIPE_SZ)",
             "  in the pipes now (FIONREAD): A 10000 bytes, B 10000 bytes",
-            "  CQE 2: splice pipe A -> linked-copy.txt: user_data=6 res=10000 flags=0",
-            "  CQE 1: splice source -> pipe C: user_data=7 res=4096 flags=0  <- short: 4096 of 10000 bytes",
-            "  CQE 2: splice pipe C -> small-pipe-copy.txt: user_data=8 res=-ECANCELED (-125) flags=0",
+            "  CQE 2: splice pipe A -> linked-copy.txt: user_data=22 res=10000 flags=0",
+            "  CQE 1: splice source -> pipe C: user_data=31 res=4096 flags=0  <- short: 4096 of 10000 bytes",
+            "  CQE 2: splice pipe C -> small-pipe-copy.txt: user_data=32 res=-ECANCELED (-125) flags=0",
             "splice-copy.txt: 10000 bytes, identical to the source",
             "tee-copy.txt: 10000 bytes, identical to the source",
             "linked-copy.txt: 10000 bytes, identical to the source",
@@ -27,7 +27,7 @@ final class Lesson11Tests: XCTestCase {
     /// A file larger than a pipe goes round by round: 1 MB is 16 rounds of at most 64 KiB
     /// (245 through the one-page pipe), output bounded, and every copy identical.
     func testCopiesALargerFileInRounds() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-11-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("big.bin")
         try Data((0..<1_000_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }).write(to: file)
@@ -40,7 +40,7 @@ final class Lesson11Tests: XCTestCase {
             "source: \(file.path), 1000000 bytes",
             "round 3: offset 131072, 65536 bytes",
             "... 13 more rounds not shown",
-            "  CQE 1: splice source -> pipe C: user_data=97 res=4096 flags=0  <- short: 4096 of 65536 bytes",
+            "  CQE 1: splice source -> pipe C: user_data=31 res=4096 flags=0  <- short: 4096 of 65536 bytes",
             "... 242 more rounds not shown",
             "splice-copy.txt: 1000000 bytes, identical to the source",
             "tee-copy.txt: 1000000 bytes, identical to the source",
@@ -50,6 +50,29 @@ final class Lesson11Tests: XCTestCase {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
         XCTAssertLessThan(lines.count, 80, "output is bounded\n\(run.transcript)")
+    }
+
+    /// An error path with every fd open: under RLIMIT_FSIZE of 32 KiB the splice of a 40000-byte
+    /// source into splice-copy.txt stops short at 32768 bytes, and the lesson ends with one error
+    /// line, exit 1, and (valgrind --track-fds) none of its 11 fds (the source, three pipes, four
+    /// copies) left open: it used to exit with all of them open.
+    func testShortSpliceErrorClosesEveryFd() throws {
+        for tool in ["valgrind", "prlimit"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") {
+            throw XCTSkip("/usr/bin/\(tool) is not installed")
+        }
+        let dir = try makeScratchDirectory("lesson-11-input")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("40000.bin")
+        try Data((0..<40_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: file)
+
+        let run = try Lesson("11").run([file.path], wrapper: ["prlimit", "--fsize=32768", "--"] + Run.valgrind)
+        try run.skipIfSkipped()
+        XCTAssertEqual(run.status, 1, run.transcript)
+        XCTAssert(run.stdoutLines.contains("  splice pipe A -> splice-copy.txt: user_data=13 res=32768 flags=0"),
+                  run.transcript)
+        let errors = run.stderr.components(separatedBy: "\n").filter { $0.hasPrefix("error: ") }
+        XCTAssertEqual(errors, ["error: splice pipe A -> splice-copy.txt moved 32768 bytes, expected 40000"], run.transcript)
+        XCTAssertEqual(run.fdsOpenAtExit, [], run.transcript)
     }
 
     /// Copies are sized by st_size, and /proc says 0 bytes for a file that holds more: the size
@@ -77,7 +100,7 @@ final class Lesson11Tests: XCTestCase {
     /// A file that really is empty: 0 bytes by stat and by read, so nothing to copy, and four
     /// empty copies that do match it.
     func testEmptyFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-11-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("empty")
         try Data().write(to: file)
@@ -93,7 +116,7 @@ final class Lesson11Tests: XCTestCase {
     }
 
     func testDirectoryIsNotARegularFile() throws {
-        let dir = try makeDirectory()
+        let dir = try makeScratchDirectory("lesson-11-input")
         defer { try? FileManager.default.removeItem(at: dir) }
         try Lesson("11").run([dir.path]).assertError(mentioning: "not a regular file")
     }
@@ -102,10 +125,4 @@ final class Lesson11Tests: XCTestCase {
         try Lesson("11").run(["a", "b"]).assertError(mentioning: "too many arguments", "usage")
     }
 
-    private func makeDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory
-            .appendingPathComponent("lesson-11-input-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
-    }
 }
