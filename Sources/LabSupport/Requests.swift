@@ -59,8 +59,7 @@ public func waitCQE(_ ring: Ring) -> io_uring_cqe {
     return cqePointer.pointee
 }
 
-/// `12` for a count or an fd, `-ENOENT (-2)` for a negated errno. A failed system call prints
-/// the same way, `describe(res: -errno)`: one style for every error the kernel returns.
+/// `12` for a count or an fd, `-ENOENT (-2)` for a negated errno, a failed system call's too.
 public func describe(res: Int32) -> String {
     let name = strerrorname_np(-res).map { String(cString: $0) } ?? "errno \(-res)"  // glibc 2.32+
     return res >= 0 ? "\(res)" : "-\(name) (\(res))"
