@@ -59,6 +59,7 @@ var params = io_uring_params()
 let ret = io_uring_queue_init_params(8, ring, &params)
 if ret < 0 {
     // -EPERM or -ENOSYS: io_uring is unavailable here; LabSupport explains which and skips.
+    // -ENOMEM: the ring's memory is over RLIMIT_MEMLOCK (see the prose); that fails, exit 1.
     ring.deallocate()
     exitBecauseSetupFailed(ret, entries: 8)
 }

@@ -68,7 +68,8 @@ func allocateBytes(_ text: String) -> UnsafeMutableRawBufferPointer {
 // One write, start to finish, the way lesson 04 made each request: an SQE from `getSQE`
 // (io_uring_get_sqe; at most two SQEs are taken before they complete, so the SQ of 8 cannot be
 // full), io_uring_prep_write with the fd, the bytes and the offset, a fixed user_data (21, 22
-// in section 2, 31 to 34 in section 3, 41, 42 in section 4), io_uring_submit (`checkSubmit`:
+// in section 2, 31, 32 in section 3, 41, 42 in section 4; the linked pair 33, 34 of section 3
+// is made by hand), io_uring_submit (`checkSubmit`:
 // exit 1 unless it took the SQE), then `waitCQE` (io_uring_wait_cqe, a copy of the CQE,
 // io_uring_cqe_seen). Only then are the bytes freed. Sections 2 to 4 each use it.
 func writeAndWait(_ ring: Ring, _ text: String, fd: Int32, offset: UInt64, userData: UInt64) -> io_uring_cqe {
