@@ -7,10 +7,9 @@
 // the first SQE without the flag ends it. If a link fails, every link after it completes with
 // -ECANCELED without running. "Fails" means any unexpected result, so a short read, which is
 // not an error for read(2), breaks a chain too. But what counts as failing is decided by each
-// opcode's code in the kernel. On Linux 6.18 these opcodes post their -errno without marking
-// the request failed, so the next link runs anyway: fsync, sync_file_range, fallocate, statx,
-// mkdirat, renameat, linkat, symlinkat, unlinkat, ftruncate (6.9; section 7 shows it for
-// fsync; lesson 12 meets the others). A request that fails before it even starts (an fd that
+// opcode's code in the kernel. On Linux 6.18 some opcodes post their -errno without marking
+// the request failed, so the next link runs anyway: fsync among them (section 7 shows it;
+// the prose has the whole measured list, and lesson 12 meets the others). A request that fails before it even starts (an fd that
 // is not open) breaks the chain whatever its opcode. IOSQE_IO_HARDLINK orders the same way but
 // does not care about results: the chain goes on after a failure.
 //
