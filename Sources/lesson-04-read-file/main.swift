@@ -12,16 +12,18 @@
 // sixth section provokes both on purpose.
 //
 // It also shows *where* a request runs, the model behind this lab's buffer rule: inline,
-// during io_uring_submit (the reads: each CQE is already in the CQ when submit returns), or
-// handed to one of the kernel's io-wq worker threads (the openat of a name the kernel has
-// not seen: a thread named iou-wrk-* appears in this process), or parked on an internal poll
-// (a read from an empty pipe, the last section: no thread waits for it).
+// during io_uring_submit (the reads, on a disk filesystem such as ext4: each CQE is already in
+// the CQ when submit returns), or handed to one of the kernel's io-wq worker threads (the
+// openat of a name the kernel has not seen, and on tmpfs every read: a thread named iou-wrk-*
+// appears in this process), or parked on an internal poll (a read from an empty pipe, the
+// last section: no thread waits for it). Which filesystem the file is on decides where its
+// reads run, so the lesson prints it.
 //
 // Usage: lesson-04-read-file [PATH]   (without PATH it reads a temp file it writes itself;
 // for standard input give /dev/stdin)
 //
 // Read next: man 3 io_uring_prep_openat, man 3 io_uring_prep_read, man 3 io_uring_prep_close,
-// man 2 io_uring_enter ("IORING_OP_READ").
+// man 2 io_uring_enter ("IORING_OP_READ"), man 5 proc ("/proc/pid/mountinfo").
 
 import Glibc
 import CLiburing
@@ -85,6 +87,20 @@ guard openCQE.res >= 0 else {
 }
 let fd = openCQE.res
 
+// Which filesystem is the file on? The answer decides where its reads will run (section 4),
+// so we ask /proc: /proc/self/fdinfo/FD names the mount the fd is on (`mnt_id:`), and that
+// mount's line in /proc/self/mountinfo names its filesystem type, the field after a lone "-"
+// (man 5 proc, "/proc/pid/fdinfo" and "/proc/pid/mountinfo"). (fstatfs(2) would give the
+// filesystem's magic number instead, but Swift's Glibc module does not declare it.)
+
+let mountID = readLines("/proc/self/fdinfo/\(fd)")?.first { $0.hasPrefix("mnt_id:") }?
+    .split(separator: "\t").last
+let mountFields = readLines("/proc/self/mountinfo")?
+    .first { $0.split(separator: " ").first == mountID }?.split(separator: " ") ?? []
+let fsType = mountFields.firstIndex(of: "-")
+    .flatMap { $0 + 1 < mountFields.count ? mountFields[$0 + 1] : nil }
+print("filesystem: \(fsType ?? "none in /proc/self/mountinfo (a pipe or a socket has none)")")
+
 // MARK: - 4. read, at explicit offsets
 //
 // IORING_OP_READ is pread(2) as a request: fd, buffer, length, offset. The offset is ours to
@@ -100,9 +116,12 @@ let fd = openCQE.res
 //
 // Where did each read run? Right after the submit, `io_uring_cq_ready` counts the CQEs posted
 // and not yet consumed (lesson 06 uses it too). With one request in flight and an empty CQ
-// before it, a CQE already there means the read ran *inline*: the kernel did it during the
-// submit's io_uring_enter(2), before returning. 0 means it was still running somewhere
-// (parked on a poll, or on an io-wq worker) when submit returned.
+// before it, a CQE already there means the read was *done* by the time submit returned:
+// usually because it ran inline, the kernel doing it during the submit's io_uring_enter(2),
+// but an io-wq worker can also be quick enough to finish first (on tmpfs it often is, below).
+// 0 means it was still running somewhere (parked on a poll, or on a worker) when submit
+// returned. So the count alone cannot prove that a read ran inline; with the count of worker
+// threads it can: where no worker thread exists, no read ran on one.
 //
 // `res` is the number of bytes read, and it may be less than we asked: a *short read*. For a
 // regular file that happens at the end of the file; for pipes, sockets and some special files
@@ -173,14 +192,20 @@ if offset <= UInt64(keptBytes) {
     print("the file's \(offset) bytes in \(reads) reads, the first \(keptBytes): \(quoted(kept))...")
 }
 
-// Where did the reads run? A read of pages already in the page cache (the lesson's own file,
-// which it has just written) can be done on the spot: the kernel copies the bytes during the
-// submit and posts the CQE before io_uring_enter returns. A read that would have to wait
-// cannot: a pipe with no data is parked on an internal poll, and (on 6.18) a read of pages
-// not yet in memory may be started and finished when the disk has answered; neither counts
-// here as done at submit, and neither needs a worker thread. The count of io-wq worker
-// threads so far is the other half of the evidence: `ioWorkerThreads()`, at the end of this
-// file, counts the threads of this process named iou-wrk-* (it lists /proc/self/task).
+// Where did the reads run? The kernel first issues a read "without waiting" (IOCB_NOWAIT),
+// but only on a file whose filesystem promised, when it was opened, to honour that (the
+// FMODE_NOWAIT flag; an fd opened O_NONBLOCK counts too). A disk filesystem such as ext4 does,
+// so a read of pages already in its page cache (the lesson's own file, which it has just
+// written) is done on the spot: the kernel copies the bytes during the submit and posts the
+// CQE before io_uring_enter returns, and no worker appears. tmpfs makes no such promise (on
+// 6.18), so the kernel does not even try: every read of a tmpfs file, cached or not, is handed
+// to an io-wq worker, and the count of reads done at submit varies from run to run with how
+// fast that worker is. A read that would have to wait is not done at submit either, yet needs
+// no worker: a pipe with no data is parked on an internal poll, and (on 6.18, ext4) a read of
+// pages not yet in memory may be started and finished when the disk has answered. The count of
+// io-wq worker threads so far is the other half of the evidence: `ioWorkerThreads()`, at the
+// end of this file, counts the threads of this process named iou-wrk-* (it lists
+// /proc/self/task).
 print("reads whose CQE was in the CQ when io_uring_submit returned: \(readsDoneAtSubmit) of \(reads)")
 print("io-wq worker threads (named iou-wrk-*) in this process: \(ioWorkerThreads())")
 
