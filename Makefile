@@ -54,7 +54,7 @@ run: setup
 # privilege) says so when run, and exits 77.
 list:
 	@running=$$(echo "$(KERNEL)" | sed 's/[^0-9.].*//'); \
-	echo "checked against Linux $$running (this machine's kernel, or KERNEL=x.y)"; \
+	echo "checked against Linux $$running ($(if $(filter command line environment,$(origin KERNEL)),KERNEL=$(KERNEL),this machine's kernel: uname -r))"; \
 	for prose in lessons/[0-9][0-9]-*.md; do \
 		slug=$$(basename $$prose .md); \
 		kernel=$$(sed -n 's/^\*\*Kernel:\*\* *Linux \([0-9.]*\).*/\1/p' $$prose | head -n 1); \

@@ -15,6 +15,7 @@
 #include <sys/types.h>
 #include <sys/select.h>
 #include <signal.h>
+#include <stdio.h>
 // `struct statx` and STATX_*: glibc declares them only under _GNU_SOURCE, which the include
 // order above keeps off, so they come from the kernel's header (io_uring_prep_statx needs them).
 #include <linux/stat.h>
@@ -23,6 +24,8 @@
 
 // glibc 2.32's errno names ("ENOENT" for 2); string.h declares it only under _GNU_SOURCE.
 extern const char *strerrorname_np(int errnum);
+// Whether a write to stdout failed; Swift 6 cannot name the global `stdout` (shared mutable state).
+static inline int lab_stdout_error(void) { return ferror(stdout); }
 
 // SQE flags (man 2 io_uring_enter, "sqe->flags"): liburing's are macros, (1U << IOSQE_IO_LINK_BIT),
 // which Swift cannot import. The same names, as constants of the type io_uring_sqe_set_flags takes.

@@ -1,6 +1,6 @@
 // How a lesson ends: 0 success, 77 skipped (`SKIP:`), 1 failure (one `error:` line), as in liburing's
-// tests. What it holds is listed in one place, `held`: rings and temp dirs. At exit, however it comes,
-// the rings are torn down and the dirs removed, and unwritable output (/dev/full) is an error. SIGINT,
+// tests. What it holds is listed in one place, `held`: rings and temp dirs. At exit (not after a Swift
+// trap) the rings are torn down and the dirs removed; unwritable output (/dev/full) is an error. SIGINT,
 // SIGTERM and SIGPIPE remove the dirs and end the program by that signal (the kernel frees the rest).
 
 import Glibc
@@ -10,6 +10,7 @@ import Synchronization
 /// Print `error: <message>` to standard error and exit with status 1.
 public func fail(_ message: String) -> Never {
     fflush(nil)  // what the lesson printed so far comes first, even when stdout is a pipe
+    failed.store(true, ordering: .relaxed)  // one error line: no second one about stdout at exit
     printError(message)
     exit(1)
 }
@@ -26,21 +27,20 @@ private func printError(_ message: String) {
 struct Held: @unchecked Sendable {  // a Ring is a pointer, not Sendable: the Mutex guards it
     var rings: [Ring] = [], tempDirs: [String] = []
 }
-let held = Mutex(Held())
+let held = Mutex(Held()), failed = Atomic<Bool>(false)
 
 /// Install the exit handler, once (`lessonArguments`, `makeRing` and `makeTempDir` do).
 func holdUntilExit() { _ = (fdsAtStart, exitHandler) }
 private let fdsAtStart = Set((3..<4096).filter { fcntl($0, F_GETFD) >= 0 })  // inherited: not ours
 private let exitHandler: Void = {
     atexit {
-        let flushed = fflush(nil) == 0, error = errno
-        let (rings, dirs) = held.withLock { held in defer { held = Held() }; return (held.rings, held.tempDirs) }
-        for ring in rings.reversed() {
-            io_uring_queue_exit(ring)  // unmaps the rings and closes the ring fd
-            ring.deallocate()
+        let flushed = fflush(nil) == 0 && lab_stdout_error() == 0, error = errno  // now, or earlier
+        held.withLock { held in  // under the lock, so that a signal meanwhile waits for the end
+            for ring in held.rings.reversed() { io_uring_queue_exit(ring); ring.deallocate() }  // unmap, close
+            for dir in held.tempDirs.reversed() { removeTree(dir) }
+            held = Held()
         }
-        for dir in dirs.reversed() { removeTree(dir) }
-        if !flushed { printError("cannot write standard output: \(describe(res: -error))") }
+        if !flushed && !failed.load(ordering: .relaxed) { printError("cannot write standard output: \(error > 0 ? describe(res: -error) : "a write failed")") }
         // The tests set LAB_CHECK_FDS: an fd the lesson opened (by syscall or ring) must be closed.
         let open = getenv("LAB_CHECK_FDS") == nil ? [] : (3..<4096).filter { fcntl($0, F_GETFD) >= 0 && !fdsAtStart.contains($0) }
         if !open.isEmpty { printError("fds open at exit: \(open.map(String.init).joined(separator: " "))") }
@@ -58,15 +58,13 @@ private func signalSet(_ signals: Int32...) -> sigset_t {
     signals.reduce(into: sigset_t()) { _ = sigaddset(&$0, $1) }  // sigset_t() is the empty set
 }
 
-/// Start the signal thread, once (`makeTempDir` does, on the lesson's thread).
-func removeTempDirsOnSignals() { _ = signalsHandled }
+func removeTempDirsOnSignals() { _ = signalsHandled }  // once; makeTempDir calls it, on the lesson's thread
 private let signalsHandled: Void = {
-    var signals = signalSet(SIGINT, SIGTERM)
-    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    var signals = signalSet(SIGINT, SIGTERM, SIGPIPE), pipe = signalSet(SIGPIPE)
+    pthread_sigmask(SIG_BLOCK, &signals, nil)  // the new thread starts with all three blocked
     lessonThread = pthread_self()
     pthread_create(&signalThread, nil, { _ in
         var signals = signalSet(SIGINT, SIGTERM, SIGPIPE), received: Int32 = 0
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
         sigwait(&signals, &received)
         held.withLock { held in  // and keep the lock: no new directory from now on
             if received != SIGPIPE { pthread_kill(lessonThread, SIGPIPE) }
@@ -79,9 +77,11 @@ private let signalsHandled: Void = {
         }
         return nil
     }, nil)
-    signal(SIGPIPE) { signal in
+    let inherited = signal(SIGPIPE) { signal in
         pthread_kill(signalThread, signal)  // for a real SIGPIPE; a parking one stays pending
         parked.store(true, ordering: .releasing)
         while true { pause() }
     }
+    if unsafeBitCast(inherited, to: Int.self) == 1 { signal(SIGPIPE, SIG_IGN) }  // was SIG_IGN: keep it
+    pthread_sigmask(SIG_UNBLOCK, &pipe, nil)  // SIGPIPE again, on the lesson's thread only
 }()
