@@ -83,6 +83,13 @@ struct Lesson {
         }
         let timedOut = process.isRunning
         if timedOut {
+            // Under a wrapper the lesson is a grandchild: kill the wrapper's children first, or a
+            // hung lesson outlives the test.
+            let children = Process()
+            children.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            children.arguments = ["pkill", "-KILL", "-P", "\(process.processIdentifier)"]
+            try? children.run()
+            children.waitUntilExit()
             process.terminate()
             process.waitUntilExit()
         }
