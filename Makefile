@@ -6,11 +6,12 @@ L ?=
 ARGS ?=
 KERNEL ?= $(shell uname -r)
 
-.PHONY: help setup build test run list clean
+.PHONY: help setup build test test-kernels run list clean
 
 help:
 	@echo "make run L=NN [ARGS='...']  build and run lesson NN (e.g. make run L=07)"
 	@echo "make test                   set up, build, and run every lesson's test"
+	@echo "make test-kernels           the same tests on Debian's Linux 6.1 and 6.12 (in QEMU) and on this kernel"
 	@echo "make list                   the lessons, the kernel each needs, and whether this one is new enough"
 	@echo "make setup                  install liburing-dev if pkg-config cannot find liburing"
 	@echo "make build                  build every lesson"
@@ -37,6 +38,11 @@ build: setup
 
 test: build
 	$(SWIFT) test --disable-swift-testing
+
+# The bundle `make test` runs, run again in QEMU on Debian's kernels: .ci/test-kernels says how.
+test-kernels: setup
+	$(SWIFT) build --build-tests
+	.ci/test-kernels "$$($(SWIFT) build --show-bin-path)"
 
 # L may be 7 or 07; the lesson is found by its number alone.
 run: setup
