@@ -116,12 +116,22 @@ struct Lesson {
             throw HarnessError("\(prose.lastPathComponent) has no \"## Expected output\" section")
         }
         lines = lines[(heading + 1)...]
-        guard let open = lines.firstIndex(where: { $0.hasPrefix("```") }),
-              let close = lines[(open + 1)...].firstIndex(where: { $0.hasPrefix("```") })
-        else {
-            throw HarnessError("\(prose.lastPathComponent): no fenced block under \"## Expected output\"")
+        if let next = lines.firstIndex(where: { $0.hasPrefix("## ") }) { lines = lines[..<next] }
+        // Every fenced block of the section, with the kernel range its info string names.
+        var blocks: [(range: KernelRange?, lines: [String])] = []
+        while let open = lines.firstIndex(where: { $0.hasPrefix("```") }) {
+            guard let close = lines[(open + 1)...].firstIndex(where: { $0.hasPrefix("```") }) else { break }
+            let info = lines[open].dropFirst(3).trimmingCharacters(in: .whitespaces)
+            blocks.append((try info.isEmpty ? nil : KernelRange(info, in: prose.lastPathComponent),
+                           Array(lines[(open + 1)..<close])))
+            lines = lines[(close + 1)...]
         }
-        return Array(lines[(open + 1)..<close])
+        let kernel = KernelRange.running
+        if let block = blocks.first(where: { $0.range?.contains(kernel) == true }) ?? blocks.first(where: { $0.range == nil }) {
+            return block.lines
+        }
+        throw HarnessError("\(prose.lastPathComponent): no fenced block under \"## Expected output\" for Linux "
+            + kernel.map(String.init).joined(separator: "."))
     }
 
     /// Run with no arguments: exit 0 and output matching the prose's expected block, or a skip
@@ -265,4 +275,40 @@ func makeScratchDirectory(_ label: String) throws -> URL {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     return dir
+}
+
+/// The kernels an expected block is for, from its fence's info string: ```` ```kernel<6.6 ````
+/// (older than 6.6), ```` ```kernel>=6.6 ````, or both with a space between. A block with no
+/// info string is for every kernel no other block claims: the lab's own (the CI's) output.
+struct KernelRange {
+    var from: [Int] = [0]
+    var below: [Int] = [Int.max]
+
+    init(_ info: String, in file: String) throws {
+        for term in info.split(separator: " ") {
+            if term.hasPrefix("kernel<") {
+                below = KernelRange.version(term.dropFirst("kernel<".count))
+            } else if term.hasPrefix("kernel>=") {
+                from = KernelRange.version(term.dropFirst("kernel>=".count))
+            } else {
+                throw HarnessError("\(file): an expected block's fence says \"\(info)\"; write kernel<X.Y or kernel>=X.Y")
+            }
+        }
+    }
+
+    func contains(_ kernel: [Int]) -> Bool {
+        !kernel.lexicographicallyPrecedes(from) && kernel.lexicographicallyPrecedes(below)
+    }
+
+    static func version(_ text: some StringProtocol) -> [Int] {
+        text.prefix { $0.isNumber || $0 == "." }.split(separator: ".").compactMap { Int($0) }
+    }
+
+    /// This machine's kernel, from uname: [6, 18, 44].
+    static var running: [Int] {
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return version(release)
+    }
 }

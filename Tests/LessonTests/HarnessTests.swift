@@ -25,4 +25,16 @@ final class HarnessTests: XCTestCase {
         XCTAssertNil(pattern.mismatch(in: ["start", "x", "y", "end"]))
         XCTAssertNotNil(pattern.mismatch(in: ["start", "x"]))
     }
+
+    func testKernelRangesOfExpectedBlocks() throws {
+        let old = try KernelRange("kernel<6.6", in: "t")
+        XCTAssertTrue(old.contains([6, 1, 192]))
+        XCTAssertFalse(old.contains([6, 6]))
+        XCTAssertFalse(old.contains([6, 18, 44]))
+        let middle = try KernelRange("kernel>=6.6 kernel<6.14", in: "t")
+        XCTAssertTrue(middle.contains([6, 12, 95]))
+        XCTAssertFalse(middle.contains([6, 1, 192]))
+        XCTAssertFalse(middle.contains([6, 14, 0]))
+        XCTAssertThrowsError(try KernelRange("text", in: "t"))
+    }
 }
