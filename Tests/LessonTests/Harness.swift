@@ -5,7 +5,8 @@
 // In an expected block every line must match one output line, in order, with nothing extra:
 //   {name}   a placeholder: matches any non-empty text within the line (an fd, a time, ...)
 //   ...      a line of its own: matches any number of output lines, none included
-// Everything else matches literally.
+// Everything else matches literally. Where a kernel prints something else, the prose gives it
+// a block of its own, named in the fence: ```kernel<6.6 (see KernelRange at the end).
 //
 // Every run sets LAB_CHECK_FDS, so LabSupport makes an fd left open at exit an `error:` line
 // and exit 1: every test of every lesson also checks that each path closes what it opened.
