@@ -77,7 +77,9 @@ print("io_uring_queue_init_params(8) = \(ret): ring fd \(ring.pointee.ring_fd), 
 //                (`struct io_uring_cqe`, 16 bytes each), inside the ring
 // `params.sq_off` and `params.cq_off` give each field's byte offset within its mapping;
 // liburing turned them into the pointers in `ring.sq` and `ring.cq` (khead, ktail, array,
-// sqes, cqes, ...).
+// sqes, cqes, ...). The offsets are the kernel's to choose, and they change: Linux 6.1 gives
+// each head and tail a 64-byte cache line of its own (the SQ tail at byte 64), 6.6 and later
+// pack all four into one line (the SQ tail at byte 4).
 //
 // head and tail are free-running 32-bit counters: entry n lives in slot n & ring_mask, which
 // is why ring sizes are powers of two. The entries from head up to tail are the ones the
@@ -259,7 +261,8 @@ print("IORING_SETUP_CQSIZE, entries 8, cq_entries 4 -> \(tryRing(8, flags: IORIN
 //
 // The first ring's `params.features` is a bitmask of IORING_FEAT_* flags (man 2
 // io_uring_setup, "features"). Later lessons test single bits before relying on them, e.g.
-// lesson 05 checks FEAT_RW_CUR_POS before writing at offset -1. Bits past 12
+// lesson 05 checks FEAT_RW_CUR_POS before writing at offset -1. A kernel sets the bits it
+// knows: Debian 12's Linux 6.1 the first 13, 6.12 the first 16, 6.18 all 18. Bits past 12
 // (IORING_FEAT_LINKED_FILE) are written here by value, so that the table compiles with
 // liburing 2.3's header, which names no newer ones. The appendix of lessons/01-ring-setup.md
 // says more about three of them (NODROP, EXT_ARG, REG_REG_RING).
