@@ -75,7 +75,8 @@ print("io_uring_get_probe_ring: last_op=\(lastOp) ops_len=\(probe.pointee.ops_le
 // opcodes the header has never heard of: they exist and work, the header simply has no name
 // for them (and liburing no prep helper). We know their names from LabSupport's table, and
 // would use them by number. (The kernel has an IORING_OP_LAST of its own, from the header it
-// was built with; last_op above is that value minus one.)
+// was built with; last_op above is that value minus one.) On Debian 12's Linux 6.1 the two end
+// together: its last opcode, SENDMSG_ZC (48), is the header's last too.
 let headerLast = IORING_OP_LAST.rawValue
 print("liburing's header: IORING_OP_LAST=\(headerLast), so it names opcodes 0 to \(headerLast - 1)")
 
