@@ -179,9 +179,11 @@ for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 // end, for the reads of sections 6 and 8 too).
 //
 // Who wins is certain: the read cannot complete. Which CQE comes first is not promised by
-// io_uring. On 6.18 it is the link timeout's: the expired timer completes the link timeout
-// and asks for the read to be cancelled, and the read's cancellation completes after that.
-// Match CQEs by user_data, never by their position.
+// io_uring. On 6.18 (and 6.12) it is the link timeout's: the expired timer completes the link
+// timeout and asks for the read to be cancelled, and the read's cancellation completes after
+// that. On Debian 12's 6.1 it is the read's: there the cancelled read's CQE is written at once,
+// while the link timeout's waits in a batch until the kernel's task work is done (the prose's
+// Kernel section has the commits). Match CQEs by user_data, never by their position.
 
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }

@@ -125,9 +125,10 @@ for fd in fds {
     print("close(\(fd)) = \(closed), then fcntl(\(fd), F_GETFD) \(answer)")
 }
 // The kernel shows a ring's file table in the ring fd's /proc/self/fdinfo entry: "UserFiles:"
-// and the number of slots, then one line per filled slot with the file's path. (fdinfo is
-// for debugging and its format may change; here it is a witness.) The three files are still
-// there, held by the table alone.
+// and the number of slots, then the slots. fdinfo is for debugging and its format changes:
+// since Linux 6.14, one line per filled slot with the file's path; before, one line per slot,
+// with the file's base name or "<none>". Here it is a witness, printed as the kernel wrote it.
+// The three files are still there, held by the table alone.
 
 /// Print the "UserFiles" part of the ring fd's fdinfo: the table size and each filled slot.
 func printFileTable(_ ring: Ring) {
@@ -139,7 +140,7 @@ func printFileTable(_ ring: Ring) {
     }
     print("fdinfo of the ring fd: UserFiles: " + lines[start].dropFirst("UserFiles:".count).filter { $0 != "\t" && $0 != " " })
     for slotLine in lines[(start + 1)...].prefix(while: { $0.hasPrefix(" ") }) {
-        print("  " + slotLine.drop { $0 == " " })  // "0: /path/to/file"
+        print("  " + slotLine.drop { $0 == " " })  // "0: /path/to/file" (before 6.14: "0: file")
     }
 }
 
