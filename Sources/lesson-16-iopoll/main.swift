@@ -13,7 +13,8 @@
 //   - O_DIRECT has alignment rules: buffer, offset and length aligned as the file says;
 //   - the block device must have poll queues: /sys/block/<disk>/queue/io_poll reads 1.
 // Then it makes the O_DIRECT read on an IOPOLL ring and says honestly what happened: either a
-// polled read and its bytes, or the -EOPNOTSUPP that a device without poll queues gives.
+// polled read and its bytes, or the -EOPNOTSUPP that a device without poll queues gives (since
+// Linux 6.11; older kernels serve that read through an ordinary queue, unpolled).
 //
 // Usage: lesson-16-iopoll [FILE]   (a file, or a block device, to read with O_DIRECT; without
 // an argument, a temp file in $TMPDIR)
@@ -240,29 +241,42 @@ printCQE(readOnce(pollRing, fd: bufferFD, into: base, userData: 21), "buffered f
 // Everything is aligned now, so what remains is the device. The read becomes a request marked
 // for polling (REQ_POLLED). A disk with poll queues takes it on one of them; it completes
 // without an interrupt, and io_uring_wait_cqe's io_uring_enter finds it by spinning: res is the
-// byte count. A disk without poll queues cannot do that, and on Linux 6.18 the block layer
+// byte count. A disk without poll queues cannot do that, and since Linux 6.11 the block layer
 // refuses the request: -EOPNOTSUPP (twice, in fact: io_uring retries the read on an io-wq
-// worker first, and the worker hands the failure back to this thread; the prose traces it). A file with no disk at all (tmpfs) has nothing to poll, and
-// io_uring refuses the read itself, with the same -EOPNOTSUPP.
+// worker first, and the worker hands the failure back to this thread; the prose traces it).
+// Older kernels (Debian 12's 6.1) drop the polling mark instead and send the read to an
+// ordinary queue: an interrupt completes it, res is the byte count, and nothing was polled.
+// A file with no disk at all (tmpfs) has nothing to poll, and io_uring refuses the read
+// itself, with the same -EOPNOTSUPP.
 //
 // We print the CQE and then say which of these happened, from the CQE and the io_poll setting
 // read in section 3; a polled read is claimed only if bytes arrived from a disk with poll
-// queues. (A read at or past the end of the file returns 0 before any request is made.)
+// queues. The buffer is zeroed first, so that it shows what arrived whatever res says: on 6.1
+// a read shorter than asked (a file under 4096 bytes) sometimes completes with res 0 although
+// its bytes are in the buffer (the prose says why).
 
 buffer.initializeMemory(as: UInt8.self, repeating: 0)
 let polled = readOnce(pollRing, fd: directFD, into: base, userData: 22)
 printCQE(polled, "O_DIRECT fd on the IOPOLL ring")
 let disk = diskName ?? "this file's filesystem"
+let fileSize = mode_t(info.stx_mode) & S_IFMT == S_IFREG ? Int(info.stx_size) : readSize  // a block device: full
+let arrived = UnsafeRawBufferPointer(start: base, count: min(fileSize, readSize))
+let unpolled = "no polled read happened: \(disk) has no poll queues (io_poll=0), so this kernel sent the read to "
+    + "an ordinary queue and an interrupt completed it (Linux before 6.11)"
 switch (polled.res, ioPoll) {
-case (0, _):
-    print("result: 0 bytes: the read starts at the end of the file, so no request reached the "
-        + "device and there was nothing to poll")
+case (0, _) where fileSize == 0:
+    print("result: 0 bytes: the file is empty, so no request reached the device and there was nothing to poll")
 case (let res, "1") where res > 0:
     print("result: a polled read: \(res) bytes, found by io_uring_enter spinning on \(disk)'s poll queue, "
         + "with no interrupt: " + quoted(UnsafeRawBufferPointer(start: base, count: min(Int(res), 24))) + "...")
 case (-EOPNOTSUPP, "0"):
     print("result: no polled read happened: \(disk) has no poll queues (io_poll=0), "
         + "so the kernel refused the polled request")
+case (0, "0") where arrived.contains(where: { $0 != 0 }):
+    print("result: \(unpolled): res 0, yet the buffer holds " + quoted(UnsafeRawBufferPointer(rebasing: arrived.prefix(24)))
+        + "...: a short read done in two steps, of which the CQE counts only the second")
+case (let res, "0") where res >= 0:
+    print("result: \(unpolled): \(res) bytes")
 case (-EOPNOTSUPP, nil) where diskName == nil:
     print("result: no polled read happened: the file is on no block device, so there is nothing to poll")
 case (-EOPNOTSUPP, nil):
@@ -270,7 +284,7 @@ case (-EOPNOTSUPP, nil):
 case (-EOPNOTSUPP, _):
     print("result: no polled read happened, although \(disk) reports io_poll=\(ioPoll ?? "?"): "
         + "this filesystem does not support polled I/O")
-case (let res, _) where res > 0:
+case (let res, _) where res >= 0:
     print("result: the read returned \(res) bytes, but \(disk) reports io_poll=\(ioPoll ?? "unknown"): "
         + "this kernel completed it without polling the device")
 default:
