@@ -271,9 +271,8 @@ destroyRing(ring)
 
 // MARK: - 5. What the kernel answered
 //
-// The first and last two blocks with every CQE's res, each block with a short or failed result
-// or left unfinished, and the totals. After a failure the error line names the one reaped first
-// (of several failed writes, which one that is depends on the kernel: the prose says why).
+// The first and last two blocks with every CQE's res, every short, failed or unfinished block,
+// the totals. After a failure the error line names the one reaped first (kernels differ: prose).
 
 var previous = -1
 for (block, entry) in shown.sorted(by: { $0.key < $1.key }) where block < 2 || entry.notable || block >= nextBlock - 2 {
