@@ -21,6 +21,14 @@ let lessons = [
     "lesson-14-fixed-buffers",
     "lesson-15-sqpoll",
     "lesson-16-iopoll",
+    "lesson-17-tcp-basics",
+    "lesson-18-echo-server",
+    "lesson-19-multishot-accept",
+    "lesson-20-provided-buffers",
+    "lesson-21-buffer-rings",
+    "lesson-22-multishot-recv",
+    "lesson-23-send-zc",
+    "lesson-24-udp",
 ]
 
 let package = Package(

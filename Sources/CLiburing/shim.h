@@ -44,4 +44,13 @@ static const unsigned IOSQE_BUFFER_SELECT = 1U << IOSQE_BUFFER_SELECT_BIT;
 #undef IOSQE_CQE_SKIP_SUCCESS
 static const unsigned IOSQE_CQE_SKIP_SUCCESS = 1U << IOSQE_CQE_SKIP_SUCCESS_BIT;
 
+// Newer than liburing 2.3's header: the kernel's numbers (include/uapi/linux/io_uring.h), used
+// only after a probe. Opcodes are enum constants in newer liburings, hence the LAB_ names.
+#define LAB_IORING_OP_BIND 56    // Linux 6.11; liburing 2.7 adds io_uring_prep_bind
+#define LAB_IORING_OP_LISTEN 57  // Linux 6.11; liburing 2.7 adds io_uring_prep_listen
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)   // Linux 6.2, in sqe->ioprio of SEND_ZC
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31) // in the notification's res: the data was copied
+#endif
+
 #endif

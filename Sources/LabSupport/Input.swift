@@ -4,14 +4,26 @@
 import Glibc
 
 /// The arguments (without the program name). `--help`/`-h` prints `usage` and exits 0; an
-/// unknown option or more than `max` arguments is an `error:` line and exit 1, never a trap.
-public func lessonArguments(usage: String, max: Int) -> [String] {
+/// unknown option, an option of `options` without its value, or more than `max` other
+/// arguments is an `error:` line and exit 1, never a trap. `options` take a value (`--port 80`).
+public func lessonArguments(usage: String, max: Int, options: [String] = []) -> [String] {
     holdUntilExit()  // from here on, exit checks that standard output was written (Exit.swift)
     let arguments = Array(CommandLine.arguments.dropFirst())
     if arguments.contains("--help") || arguments.contains("-h") { print("usage: \(usage)"); exit(0) }
-    if let option = arguments.first(where: { $0.hasPrefix("-") && $0 != "-" }) { fail("unknown option \(option) (usage: \(usage))") }
-    if arguments.count > max { fail("too many arguments (usage: \(usage))") }
+    var others = 0, index = 0
+    while index < arguments.count {
+        let argument = arguments[index]
+        if options.contains(argument) && index + 1 == arguments.count { fail("\(argument) needs a value (usage: \(usage))") }
+        if argument.hasPrefix("-") && argument != "-" && !options.contains(argument) { fail("unknown option \(argument) (usage: \(usage))") }
+        if options.contains(argument) { index += 2 } else { others += 1; index += 1 }
+    }
+    if others > max { fail("too many arguments (usage: \(usage))") }
     return arguments
+}
+
+/// The value of option `name` (`--port 80`) as a whole number in `range`, or nil if not given.
+public func numberOption(_ name: String, in arguments: [String], _ range: ClosedRange<Int>) -> Int? {
+    arguments.firstIndex(of: name).map { parseNumber(arguments[$0 + 1], name: name, in: range) }
 }
 
 /// `text` as a whole number in `range`, or `error: OPS must be a whole number from 1 to 100000, not "abc"`.

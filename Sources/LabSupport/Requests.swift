@@ -50,12 +50,12 @@ public func checkSubmit(_ ret: Int32, _ count: Int) {
     guard ret == count else { fail("io_uring_submit returned \(describe(res: ret)), expected \(count)") }
 }
 
-/// `io_uring_wait_cqe`, a copy of the CQE, then `io_uring_cqe_seen` (the slot is the kernel's again).
-public func waitCQE(_ ring: Ring) -> io_uring_cqe {
-    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
-    let ret = io_uring_wait_cqe(ring, &cqePointer)
-    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))") }
-    defer { io_uring_cqe_seen(ring, cqePointer) }
+/// `io_uring_wait_cqe` (for at most `seconds`, if given), a copy of the CQE, then `io_uring_cqe_seen`.
+public func waitCQE(_ ring: Ring, seconds: Int? = nil) -> io_uring_cqe {
+    var cqePointer: UnsafeMutablePointer<io_uring_cqe>?, limit = __kernel_timespec(tv_sec: Int64(seconds ?? 0), tv_nsec: 0)
+    let ret = seconds == nil ? io_uring_wait_cqe(ring, &cqePointer) : io_uring_wait_cqe_timeout(ring, &cqePointer, &limit)
+    guard ret == 0, let cqePointer else { fail("io_uring_wait_cqe returned \(describe(res: ret))\(ret == -ETIME ? ": no completion within \(seconds ?? 0) s" : "")") }
+    defer { io_uring_cqe_seen(ring, cqePointer) }  // the slot is the kernel's again
     return cqePointer.pointee
 }
 

@@ -44,6 +44,21 @@ struct Lesson {
     /// - `signal`: sent once the lesson has made something in $TMPDIR (its temp directory).
     func run(_ arguments: [String] = [], timeout: TimeInterval = 30, wrapper: [String] = [],
              stdoutPath: String? = nil, signal: Int32? = nil) throws -> Run {
+        let running = try start(arguments, wrapper: wrapper, stdoutPath: stdoutPath)
+        var signalled = signal == nil
+        while running.process.isRunning && Date().timeIntervalSince(running.started) < timeout {
+            if !signalled, let signal, (try? FileManager.default.contentsOfDirectory(atPath: running.tmpdir.path))?.isEmpty == false {
+                kill(running.process.processIdentifier, signal)
+                signalled = true
+            }
+            usleep(signalled ? 5_000 : 200)
+        }
+        return try running.finish(timeout: 0)
+    }
+
+    /// Start the lesson and return at once: for a server, which the test then talks to
+    /// (`waitForLine`) before `finish` waits for it to end. Same $TMPDIR and checks as `run`.
+    func start(_ arguments: [String] = [], wrapper: [String] = [], stdoutPath: String? = nil) throws -> Running {
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             throw HarnessError("\(executable.path) is not built: run `swift build` (or `make test`) first")
         }
@@ -51,14 +66,13 @@ struct Lesson {
             .appendingPathComponent("lesson-test-\(number)-\(UUID().uuidString)")
         let tmpdir = scratch.appendingPathComponent("tmp")
         try FileManager.default.createDirectory(at: tmpdir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: scratch) }
         let outURL = scratch.appendingPathComponent("stdout")
         let errURL = scratch.appendingPathComponent("stderr")
         _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
         let out = try FileHandle(forWritingTo: stdoutPath.map { URL(fileURLWithPath: $0) } ?? outURL)
         let err = try FileHandle(forWritingTo: errURL)
-        defer { try? out.close(); try? err.close() }
+        defer { try? out.close(); try? err.close() }  // the child has its own copies
 
         let process = Process()
         if let command = wrapper.first {
@@ -72,41 +86,10 @@ struct Lesson {
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = out
         process.standardError = err
-        let started = Date()
-        try process.run()
-        var signalled = signal == nil
-        while process.isRunning && Date().timeIntervalSince(started) < timeout {
-            if !signalled, let signal, (try? FileManager.default.contentsOfDirectory(atPath: tmpdir.path))?.isEmpty == false {
-                kill(process.processIdentifier, signal)
-                signalled = true
-            }
-            usleep(signalled ? 5_000 : 200)
-        }
-        let timedOut = process.isRunning
-        if timedOut {
-            // Under a wrapper the lesson is a grandchild: kill the wrapper's children first, or a
-            // hung lesson outlives the test.
-            let children = Process()
-            children.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            children.arguments = ["pkill", "-KILL", "-P", "\(process.processIdentifier)"]
-            try? children.run()
-            children.waitUntilExit()
-            process.terminate()
-            process.waitUntilExit()
-        }
-        let run = Run(
-            command: (wrapper + [name] + arguments).joined(separator: " "),
-            status: process.terminationStatus,
-            crashed: process.terminationReason == .uncaughtSignal,
-            stdout: try String(contentsOf: outURL, encoding: .utf8),
-            stderr: try String(contentsOf: errURL, encoding: .utf8),
-            seconds: Date().timeIntervalSince(started))
-        if timedOut {
-            throw HarnessError("\(run.command) did not finish within \(Int(timeout)) s\n\(run.transcript)")
-        }
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: tmpdir.path)
-        XCTAssertEqual(leftovers, [], "\(run.command) left files behind in $TMPDIR")
-        return run
+        let running = Running(command: (wrapper + [name] + arguments).joined(separator: " "), process: process,
+                              scratch: scratch, tmpdir: tmpdir, outURL: outURL, errURL: errURL)
+        do { try process.run() } catch { try? FileManager.default.removeItem(at: scratch); throw error }
+        return running
     }
 
     /// The fenced block under "## Expected output" in the lesson's prose.
@@ -148,6 +131,81 @@ struct Lesson {
             XCTFail("\(run.command): output does not match the expected output in "
                 + "lessons/\(slug).md\n\(mismatch)\n\(run.transcript)", file: file, line: line)
         }
+        return run
+    }
+}
+
+/// A lesson that is still running (`Lesson.start`).
+final class Running {
+    let command: String, process: Process, scratch: URL, tmpdir: URL, outURL: URL, errURL: URL
+    let started = Date()
+    private var finished: Run?
+
+    init(command: String, process: Process, scratch: URL, tmpdir: URL, outURL: URL, errURL: URL) {
+        (self.command, self.process, self.scratch, self.tmpdir, self.outURL, self.errURL) = (command, process, scratch, tmpdir, outURL, errURL)
+    }
+    deinit {  // a test that threw before finish: never leave a lesson running
+        if finished == nil { _ = try? finish(timeout: 0) }
+    }
+
+    /// What the lesson has printed so far.
+    var stdout: String { (try? String(contentsOf: outURL, encoding: .utf8)) ?? "" }
+
+    /// The first line of standard output `matching`, once the lesson has printed it (within
+    /// `timeout` seconds); throws, with the output so far, if it exits or times out first.
+    func waitForLine(timeout: TimeInterval = 10, matching: (String) -> Bool) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let lines = stdout.components(separatedBy: "\n").dropLast()  // complete lines only
+            if let line = lines.first(where: matching) { return line }
+            if !process.isRunning || Date() > deadline {
+                let run = try finish(timeout: 0)
+                throw HarnessError("\(command): the line the test waits for did not come\n\(run.transcript)")
+            }
+            usleep(2_000)
+        }
+    }
+
+    /// The port in the first line that says `listening on 127.0.0.1:PORT`.
+    func waitForPort(timeout: TimeInterval = 10) throws -> UInt16 {
+        let line = try waitForLine(timeout: timeout) { $0.contains("listening on 127.0.0.1:") }
+        let digits = line.components(separatedBy: "listening on 127.0.0.1:")[1].prefix { $0.isNumber }
+        guard let port = UInt16(digits) else { throw HarnessError("\(command): no port in \(line)") }
+        return port
+    }
+
+    /// Wait up to `timeout` seconds for the lesson to exit (then kill it), and return the run.
+    /// Fails the test if it left anything in its $TMPDIR.
+    func finish(timeout: TimeInterval) throws -> Run {
+        if let finished { return finished }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(5_000) }
+        let timedOut = process.isRunning
+        if timedOut {
+            // Under a wrapper the lesson is a grandchild: kill the wrapper's children first, or a
+            // hung lesson outlives the test.
+            let children = Process()
+            children.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            children.arguments = ["pkill", "-KILL", "-P", "\(process.processIdentifier)"]
+            try? children.run()
+            children.waitUntilExit()
+            process.terminate()
+        }
+        process.waitUntilExit()
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let run = Run(
+            command: command,
+            status: process.terminationStatus,
+            crashed: process.terminationReason == .uncaughtSignal,
+            stdout: try String(contentsOf: outURL, encoding: .utf8),
+            stderr: try String(contentsOf: errURL, encoding: .utf8),
+            seconds: Date().timeIntervalSince(started))
+        finished = run
+        if timedOut {
+            throw HarnessError("\(run.command) did not finish within \(Int(Date().timeIntervalSince(started))) s\n\(run.transcript)")
+        }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: tmpdir.path)
+        XCTAssertEqual(leftovers, [], "\(run.command) left files behind in $TMPDIR")
         return run
     }
 }

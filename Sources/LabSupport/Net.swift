@@ -1,0 +1,107 @@
+// Sockets where they are not the subject (Part IV): the loopback address, a listener made through
+// the ring as lesson 17 shows, and the demos' in-process clients, which use plain blocking calls
+// on threads of their own (the client side is not what those lessons teach).
+
+import Glibc
+import CLiburing
+import Synchronization
+
+/// 127.0.0.1:`port`; port 0 lets the kernel pick a free one when the socket is bound.
+public func loopbackAddress(port: UInt16 = 0) -> sockaddr_in {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian  // INADDR_LOOPBACK
+    return address
+}
+
+/// The port a socket is bound to (getsockname(2): io_uring has no request for it).
+public func localPort(_ fd: Int32) -> UInt16 {
+    var address = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return UInt16(bigEndian: address.sin_port)
+}
+
+/// A TCP socket listening on 127.0.0.1:`port`, made as lesson 17 makes one: IORING_OP_SOCKET
+/// (5.19), then IORING_OP_BIND and IORING_OP_LISTEN (6.11) where the probe finds them, else
+/// bind(2) and listen(2). Call it before anything else is in flight on `ring`. A port in use is
+/// an `error:` line naming -EADDRINUSE. `how` says which way the socket was bound.
+public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -> (fd: Int32, port: UInt16, how: String) {
+    requireOpcodes(ring, IORING_OP_SOCKET)
+    io_uring_prep_socket(getSQE(ring), AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, 0)
+    checkSubmit(io_uring_submit(ring), 1)
+    let fd = waitCQE(ring, seconds: 5).res
+    guard fd >= 0 else { fail("IORING_OP_SOCKET returned \(describe(res: fd))") }
+    var on: Int32 = 1  // reuse a port whose old connections are in TIME_WAIT (never a live listener's)
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+    let address = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1)  // read when BIND runs
+    address.initialize(to: loopbackAddress(port: port))
+    defer { address.deallocate() }
+    let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let probe = io_uring_get_probe_ring(ring)
+    defer { io_uring_free_probe(probe) }
+    let inRing = probe.map { io_uring_opcode_supported($0, LAB_IORING_OP_BIND) != 0 && io_uring_opcode_supported($0, LAB_IORING_OP_LISTEN) != 0 } ?? false
+    var bound: Int32, listening: Int32
+    if inRing {  // liburing 2.7's io_uring_prep_bind and _listen fill the SQE the same way
+        io_uring_prep_rw(LAB_IORING_OP_BIND, getSQE(ring), fd, address, 0, UInt64(length))
+        checkSubmit(io_uring_submit(ring), 1)
+        bound = waitCQE(ring, seconds: 5).res
+        io_uring_prep_rw(LAB_IORING_OP_LISTEN, getSQE(ring), fd, nil, UInt32(backlog), 0)
+        checkSubmit(io_uring_submit(ring), 1)
+        listening = bound < 0 ? 0 : waitCQE(ring, seconds: 5).res
+    } else {
+        bound = address.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } < 0 ? -errno : 0
+        listening = bound < 0 ? 0 : (listen(fd, backlog) < 0 ? -errno : 0)
+    }
+    guard bound == 0, listening == 0 else {
+        close(fd)
+        fail("cannot \(bound < 0 ? "bind" : "listen on") 127.0.0.1:\(port): \(describe(res: min(bound, listening)))")
+    }
+    return (fd, localPort(fd), inRing ? "IORING_OP_BIND and IORING_OP_LISTEN" : "bind(2) and listen(2): this kernel lacks IORING_OP_BIND (6.11)")
+}
+
+/// The client side of lessons 18 and 22's demos, which is not their subject: `clients` threads,
+/// each with a plain blocking connection to 127.0.0.1:`port` (5-second timeouts: no wait is
+/// unbounded) sending `messages` messages of `size` bytes one at a time and reading each echo
+/// back. `finish()` joins them: the count of echoes that came back byte for byte, and what failed.
+public final class EchoClients: Sendable {
+    private let threads = Mutex<[pthread_t]>([]), echoed = Atomic<Int>(0), problems = Mutex<[String]>([])
+
+    public init(port: UInt16, clients: Int, messages: Int, size: Int) {
+        for client in 0..<clients {
+            let thread = startThread { [self] in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+                defer { close(fd) }
+                var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                guard connected == 0 else { return problems.withLock { $0.append("client \(client): connect: \(describe(res: -errno))") } }
+                for message in 0..<messages {
+                    let bytes = (0..<size).map { UInt8(truncatingIfNeeded: client &* 131 &+ message &* 7 &+ $0) }
+                    var echo = [UInt8](repeating: 0, count: size), sent = 0, received = 0
+                    while sent < size, case let n = bytes[sent...].withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }), n > 0 { sent += n }
+                    while received < size, case let n = echo[received...].withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 { received += n }
+                    guard echo == bytes else { return problems.withLock { $0.append("client \(client): message \(message): sent \(sent), echoed \(received) bytes\(received == size ? ", different" : "")") } }
+                    echoed.add(1, ordering: .relaxed)
+                }
+            }
+            threads.withLock { $0.append(thread) }
+        }
+    }
+
+    public func finish() -> (echoed: Int, problems: [String]) {
+        for thread in threads.withLock({ $0 }) { pthread_join(thread, nil) }
+        return (echoed.load(ordering: .relaxed), problems.withLock { $0 })
+    }
+}
+
+/// Run `body` on a new thread (join it with pthread_join before exit).
+public func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    var thread = pthread_t()
+    let ret = pthread_create(&thread, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().body(); return nil },
+                             Unmanaged.passRetained(Box(body)).toOpaque())
+    if ret != 0 { fail("pthread_create returned \(describe(res: -ret))") }
+    return thread
+}

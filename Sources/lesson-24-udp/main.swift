@@ -1,0 +1,3 @@
+// Not written yet.
+import LabSupport
+skip("lesson not written yet")
