@@ -24,39 +24,32 @@ public func localPort(_ fd: Int32) -> UInt16 {
 
 /// A TCP socket listening on 127.0.0.1:`port`, made as lesson 17 makes one: IORING_OP_SOCKET
 /// (5.19), then IORING_OP_BIND and IORING_OP_LISTEN (6.11) where the probe finds them, else
-/// bind(2) and listen(2). Call it before anything else is in flight on `ring`. A port in use is
-/// an `error:` line naming -EADDRINUSE. `how` says which way the socket was bound.
+/// bind(2) and listen(2); `how` says which. Call it while nothing else is in flight on `ring`.
+/// A port in use is an `error:` line naming -EADDRINUSE.
 public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -> (fd: Int32, port: UInt16, how: String) {
     requireOpcodes(ring, IORING_OP_SOCKET)
-    io_uring_prep_socket(getSQE(ring), AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, 0)
-    checkSubmit(io_uring_submit(ring), 1)
-    let fd = waitCQE(ring, seconds: 5).res
+    let probe = io_uring_get_probe_ring(ring)
+    let inRing = probe != nil && io_uring_opcode_supported(probe, LAB_IORING_OP_BIND) != 0 && io_uring_opcode_supported(probe, LAB_IORING_OP_LISTEN) != 0
+    io_uring_free_probe(probe)
+    func request(_ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) -> Int32 {  // one request: its res
+        prep(getSQE(ring))
+        checkSubmit(io_uring_submit(ring), 1)
+        return waitCQE(ring, seconds: 5).res
+    }
+    let fd = request { io_uring_prep_socket($0, AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, 0) }
     guard fd >= 0 else { fail("IORING_OP_SOCKET returned \(describe(res: fd))") }
     var on: Int32 = 1  // reuse a port whose old connections are in TIME_WAIT (never a live listener's)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-    let address = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1)  // read when BIND runs
+    let address = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    defer { address.deallocate() }  // BIND reads it while it runs, and we wait for its CQE
     address.initialize(to: loopbackAddress(port: port))
-    defer { address.deallocate() }
-    let length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let probe = io_uring_get_probe_ring(ring)
-    defer { io_uring_free_probe(probe) }
-    let inRing = probe.map { io_uring_opcode_supported($0, LAB_IORING_OP_BIND) != 0 && io_uring_opcode_supported($0, LAB_IORING_OP_LISTEN) != 0 } ?? false
-    var bound: Int32, listening: Int32
-    if inRing {  // liburing 2.7's io_uring_prep_bind and _listen fill the SQE the same way
-        io_uring_prep_rw(LAB_IORING_OP_BIND, getSQE(ring), fd, address, 0, UInt64(length))
-        checkSubmit(io_uring_submit(ring), 1)
-        bound = waitCQE(ring, seconds: 5).res
-        io_uring_prep_rw(LAB_IORING_OP_LISTEN, getSQE(ring), fd, nil, UInt32(backlog), 0)
-        checkSubmit(io_uring_submit(ring), 1)
-        listening = bound < 0 ? 0 : waitCQE(ring, seconds: 5).res
-    } else {
-        bound = address.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } < 0 ? -errno : 0
-        listening = bound < 0 ? 0 : (listen(fd, backlog) < 0 ? -errno : 0)
+    var step = "bind", ret = inRing ? request { io_uring_prep_rw(LAB_IORING_OP_BIND, $0, fd, address, 0, UInt64(length)) }
+        : address.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } == 0 ? 0 : -errno
+    if ret == 0 {  // liburing 2.7's io_uring_prep_bind and io_uring_prep_listen fill the SQEs the same way
+        step = "listen on"
+        ret = inRing ? request { io_uring_prep_rw(LAB_IORING_OP_LISTEN, $0, fd, nil, UInt32(backlog), 0) } : listen(fd, backlog) == 0 ? 0 : -errno
     }
-    guard bound == 0, listening == 0 else {
-        close(fd)
-        fail("cannot \(bound < 0 ? "bind" : "listen on") 127.0.0.1:\(port): \(describe(res: min(bound, listening)))")
-    }
+    if ret < 0 { close(fd); fail("cannot \(step) 127.0.0.1:\(port): \(describe(res: ret))") }
     return (fd, localPort(fd), inRing ? "IORING_OP_BIND and IORING_OP_LISTEN" : "bind(2) and listen(2): this kernel lacks IORING_OP_BIND (6.11)")
 }
 
