@@ -52,11 +52,7 @@ public func exitBecauseSetupFailed(_ ret: Int32, entries: UInt32) -> Never {
 public func readLines(_ path: String) -> [String]? {
     guard let file = fopen(path, "r") else { return nil }
     defer { fclose(file) }
-    var lines: [String] = []
-    var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
-    defer { free(line) }
-    while getline(&line, &capacity, file) >= 0, let line {
-        lines.append(String(String(cString: line).prefix { $0 != "\n" }))
-    }
-    return lines
+    var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 4096)
+    while case let count = fread(&chunk, 1, chunk.count, file), count > 0 { bytes += chunk[..<count] }
+    return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)  // blank lines left out
 }
