@@ -44,9 +44,12 @@ let package = Package(
         // What every lesson would otherwise repeat: ring ownership, errno names, printing CQEs,
         // skips, temp files, arguments. Never the io_uring call a lesson is about.
         .target(name: "LabSupport", dependencies: ["CLiburing"]),
+        // Part IV's sockets where they are not the subject: a loopback listener made through the
+        // ring, the demos' plain blocking clients. Only the networking lessons link it.
+        .target(name: "LabNet", dependencies: ["CLiburing", "LabSupport"]),
         .testTarget(name: "LessonTests"),
     ] + lessons.map { name in
-        .executableTarget(name: name, dependencies: ["CLiburing", "LabSupport"])
+        .executableTarget(name: name, dependencies: ["CLiburing", "LabSupport"] + (name >= "lesson-17" ? ["LabNet"] : []))
     },
     swiftLanguageModes: [.v6]
 )

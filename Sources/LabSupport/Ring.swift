@@ -37,15 +37,11 @@ public func destroyRing(_ ring: Ring) {
 /// lesson is skipped (exit 77); lesson 01 shows why. Anything else is a failure (exit 1).
 public func exitBecauseSetupFailed(_ ret: Int32, entries: UInt32) -> Never {
     let what = "io_uring_setup(\(entries)) returned \(describe(res: ret))"
-    switch -ret {
-    case EPERM, ENOSYS:
+    if ret == -EPERM || ret == -ENOSYS {
         skip("\(what): io_uring is unavailable here. Linux 5.1+ has it, unless sysctl kernel.io_uring_disabled "
             + "(6.6+) limits it or a seccomp profile forbids it (Docker's and Podman's default profiles do)")
-    case ENOMEM:
-        fail("\(what): without CAP_IPC_LOCK the ring's memory may count against RLIMIT_MEMLOCK (ulimit -l)")
-    default:
-        fail(what)
     }
+    fail(what + (ret == -ENOMEM ? ": without CAP_IPC_LOCK the ring's memory may count against RLIMIT_MEMLOCK (ulimit -l)" : ""))
 }
 
 /// The lines of a text file (in /proc or /sys, say), or nil if it cannot be read.

@@ -5,6 +5,7 @@
 import Glibc
 import CLiburing
 import Synchronization
+import LabSupport
 
 /// 127.0.0.1:`port`; port 0 lets the kernel pick a free one when the socket is bound.
 public func loopbackAddress(port: UInt16 = 0) -> sockaddr_in {
