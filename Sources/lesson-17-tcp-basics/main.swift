@@ -44,9 +44,9 @@ let names: [UInt64: String] = [
 ]
 
 /// The fds this lesson holds, so that a failure can close them before it ends the lesson.
-nonisolated(unsafe) var open: [Int32] = []  // one thread only; Swift 6 wants a word for a global var
+nonisolated(unsafe) var heldFds: [Int32] = []  // one thread only; Swift 6 wants a word for a global var
 func stop(_ message: String) -> Never {
-    for fd in open { close(fd) }
+    for fd in heldFds { close(fd) }
     fail(message)
 }
 
@@ -73,9 +73,9 @@ func prepare(_ ring: Ring, _ userData: UInt64, _ prep: (UnsafeMutablePointer<io_
 }
 
 /// An fd from a CQE, or the end of the lesson with the error.
-func fd(_ res: Int32?, _ what: String) -> Int32 {
+func newFd(_ res: Int32?, _ what: String) -> Int32 {
     guard let res, res >= 0 else { stop("\(what) returned \(describe(res: res ?? -EINVAL))") }
-    open.append(res)
+    heldFds.append(res)
     return res
 }
 
@@ -111,7 +111,7 @@ print("IORING_FEAT_FAST_POLL: \(params.features & IORING_FEAT_FAST_POLL != 0 ? "
 
 let streamType = Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue)
 prepare(ring, 1701) { io_uring_prep_socket($0, AF_INET, streamType, 0, 0) }
-let listener = fd(submitAndPrint(ring, 1)[1701], "IORING_OP_SOCKET")
+let listener = newFd(submitAndPrint(ring, 1)[1701], "IORING_OP_SOCKET")
 
 let probe = io_uring_get_probe_ring(ring)
 let bindInRing = probe.map { io_uring_opcode_supported($0, LAB_IORING_OP_BIND) != 0
@@ -140,12 +140,12 @@ print("bound to 127.0.0.1:\(port), not listening yet")
 // reconnecting"), so the lesson closes it, through the ring, and makes a new one.
 
 prepare(ring, 1703) { io_uring_prep_socket($0, AF_INET, streamType, 0, 0) }
-let refused = fd(submitAndPrint(ring, 1)[1703], "IORING_OP_SOCKET")
+let refused = newFd(submitAndPrint(ring, 1)[1703], "IORING_OP_SOCKET")
 address.pointee = loopbackAddress(port: port)
 prepare(ring, 1704) { io_uring_prep_connect($0, refused, asSockaddr(address), addressLength) }
 submitAndPrint(ring, 1)
 prepare(ring, 1705) { io_uring_prep_close($0, refused) }
-if submitAndPrint(ring, 1)[1705] == 0 { open.removeAll { $0 == refused } }
+if submitAndPrint(ring, 1)[1705] == 0 { heldFds.removeAll { $0 == refused } }
 
 var listening: Int32
 if bindInRing {
@@ -171,13 +171,13 @@ print("listening on 127.0.0.1:\(port)")
 // completes: both must live until its CQE. `peerLength` goes in holding the space we have.
 
 prepare(ring, 1707) { io_uring_prep_socket($0, AF_INET, streamType, 0, 0) }
-let client = fd(submitAndPrint(ring, 1)[1707], "IORING_OP_SOCKET")
+let client = newFd(submitAndPrint(ring, 1)[1707], "IORING_OP_SOCKET")
 print("accept and connect, submitted together:")
 peerLength.initialize(to: addressLength)
 prepare(ring, 1708) { io_uring_prep_accept($0, listener, asSockaddr(peer), peerLength, Int32(SOCK_CLOEXEC.rawValue)) }
 prepare(ring, 1709) { io_uring_prep_connect($0, client, asSockaddr(address), addressLength) }
 let accepted = submitAndPrint(ring, 2)
-let server = fd(accepted[1708], "IORING_OP_ACCEPT")
+let server = newFd(accepted[1708], "IORING_OP_ACCEPT")
 guard accepted[1709] == 0 else { stop("IORING_OP_CONNECT returned \(describe(res: accepted[1709] ?? -EINVAL))") }
 let peerPort = UInt16(bigEndian: peer.pointee.sin_port)
 let peerIP = withUnsafeBytes(of: peer.pointee.sin_addr) { $0.map(String.init).joined(separator: ".") }
@@ -265,8 +265,10 @@ prepare(ring, 1716) { io_uring_prep_close($0, server) }
 prepare(ring, 1717) { io_uring_prep_close($0, client) }
 prepare(ring, 1718) { io_uring_prep_close($0, listener) }
 let closed = submitAndPrint(ring, 3)
-open.removeAll { fd in [(1716, server), (1717, client), (1718, listener)].contains { $0.1 == fd && closed[UInt64($0.0)] == 0 } }
-if !open.isEmpty { stop("IORING_OP_CLOSE failed for fd \(open.map(String.init).joined(separator: ", "))") }
+for (userData, fd) in [(UInt64(1716), server), (1717, client), (1718, listener)] where closed[userData] == 0 {
+    heldFds.removeAll { $0 == fd }
+}
+if !heldFds.isEmpty { stop("IORING_OP_CLOSE failed for fd \(heldFds.map(String.init).joined(separator: ", "))") }
 
 for buffer in [inBuffer, echoBuffer, outBuffer] { buffer.deallocate() }
 address.deallocate(); peer.deallocate(); peerLength.deallocate()
