@@ -20,6 +20,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 
 _ = lessonArguments(usage: "lesson-17-tcp-basics", max: 0)
 

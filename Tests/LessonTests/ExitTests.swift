@@ -4,7 +4,9 @@ import XCTest
 /// How every lesson ends when the world gets in the way: output that cannot be written, and a
 /// signal in the middle of the run. (Each lesson's own tests cover its bad input.)
 final class ExitTests: XCTestCase {
-    static let lessons = (1...16).map { String(format: "%02d", $0) }
+    /// Every lesson in Sources, by number.
+    static let lessons = ((try? FileManager.default.contentsOfDirectory(atPath: packageRoot.path + "/Sources")) ?? [])
+        .filter { $0.hasPrefix("lesson-") }.map { String($0.dropFirst("lesson-".count).prefix(2)) }.sorted()
 
     /// `lesson >/dev/full`: print's buffer cannot be flushed (ENOSPC). That is one `error:` line
     /// and exit 1, never a silent 0.
