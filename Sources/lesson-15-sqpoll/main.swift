@@ -217,6 +217,10 @@ func submitNOP(_ number: Int, _ ring: Ring, clock: ContinuousClock,
     submitted += 1
     if needsWakeUp { wakeUps.append(number) }
     let cqe = spinForCQE(ring, clock: clock)
+    // The thread posts the CQE a moment before it stores the new SQ head (io_submit_sqes flushes
+    // completions, then io_commit_sqring). Until it does, the NOP still counts as in the SQ, and
+    // the next io_uring_submit would return 2. On a busy machine that moment can be long: wait.
+    while io_uring_sq_ready(ring) != 0 && clock.now - lastSubmission < .seconds(5) {}
     guard cqe.user_data == UInt64(number) else { fail("a CQE with user_data=\(cqe.user_data) matches no NOP") }
     print("NOP \(number): sq flags \(describe(sqFlags: before)) -> "
         + (needsWakeUp ? "wake-up needed" : "no wake-up") + "; io_uring_submit = \(ret); "
