@@ -113,23 +113,24 @@ print("two connections through the ring: A (client fd \(clientA), server fd \(se
 //
 // The kernel keeps only each buffer's address, length and id: the memory stays ours, and must
 // stay allocated while the kernel may write into it, which is until every buffer has come back
-// or been removed (section 7). We allocate the four buffers as one block of 4 x 32 bytes;
-// buffer id N starts at byte 32 * N.
+// or been removed (section 7). We allocate the four buffers as one block of 4 x 32 bytes
+// (bufferSize); buffer id N starts at byte 32 * N, where the kernel puts it too.
 
 let group: UInt16 = 7, bufferSize = 32, bufferCount = 4
 let pool = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize * bufferCount, alignment: 64)
 pool.initializeMemory(as: UInt8.self, repeating: 0)
 
-/// Queue IORING_OP_PROVIDE_BUFFERS of `count` buffers from id `first` into `group`.
-func provide(_ ring: Ring, _ pool: UnsafeMutableRawBufferPointer, count: Int, first: Int, group: UInt16, userData: UInt64) {
+/// Queue IORING_OP_PROVIDE_BUFFERS of `count` buffers of the pool, from id `first`, into `group`.
+func provide(_ ring: Ring, _ pool: UnsafeMutableRawBufferPointer, count: Int, first: Int, userData: UInt64) {
     let sqe = getSQE(ring)
-    io_uring_prep_provide_buffers(sqe, pool.baseAddress! + first * 32, 32, Int32(count), Int32(group), Int32(first))
+    io_uring_prep_provide_buffers(sqe, pool.baseAddress! + first * bufferSize, Int32(bufferSize), Int32(count),
+                                  Int32(group), Int32(first))
     io_uring_sqe_set_data64(sqe, userData)
 }
 
-provide(ring, pool, count: bufferCount, first: 0, group: group, userData: 2011)
+provide(ring, pool, count: bufferCount, first: 0, userData: 2011)
 checkSubmit(io_uring_submit(ring), 1)
-printCQE(complete(ring, [2011], closing: sockets)[2011]!, "PROVIDE_BUFFERS group 7, 4 buffers of 32 bytes, ids 0-3")
+printCQE(complete(ring, [2011], closing: sockets)[2011]!, "PROVIDE_BUFFERS group \(group), \(bufferCount) buffers of \(bufferSize) bytes, ids 0-\(bufferCount - 1)")
 
 // MARK: - 3. Two recvs waiting, and no buffer taken yet
 //
@@ -149,9 +150,9 @@ printCQE(complete(ring, [2011], closing: sockets)[2011]!, "PROVIDE_BUFFERS group
 // print the send's first, whichever came first: they are matched by user_data.
 
 /// Queue a recv on `fd` that lets the kernel pick a buffer of `group`.
-func queueRecv(_ ring: Ring, _ fd: Int32, group: UInt16, userData: UInt64) {
+func queueRecv(_ ring: Ring, _ fd: Int32, userData: UInt64) {
     let sqe = getSQE(ring)
-    io_uring_prep_recv(sqe, fd, nil, 32, 0)  // no buffer address: the kernel picks one
+    io_uring_prep_recv(sqe, fd, nil, bufferSize, 0)  // no buffer address: the kernel picks one
     io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT)
     sqe.pointee.buf_group = group
     io_uring_sqe_set_data64(sqe, userData)
@@ -162,7 +163,7 @@ func printRecv(_ cqe: io_uring_cqe, _ label: String, _ pool: UnsafeMutableRawBuf
     var line = "\(label): \(format(cqe))"
     if cqe.res > 0 && cqe.flags & IORING_CQE_F_BUFFER != 0 {
         let id = Int(cqe.flags >> IORING_CQE_BUFFER_SHIFT)  // the buffer the kernel chose
-        line += " \(quoted(pool[(id * 32)..<(id * 32 + Int(cqe.res))])) in buffer \(id)"
+        line += " \(quoted(pool[(id * bufferSize)..<(id * bufferSize + Int(cqe.res))])) in buffer \(id)"
     }
     print(line)
 }
@@ -179,8 +180,8 @@ func queueSend(_ ring: Ring, _ fd: Int32, _ text: String, _ outgoing: UnsafeMuta
     io_uring_sqe_set_data64(sqe, userData)
 }
 
-queueRecv(ring, serverA, group: group, userData: 2021)
-queueRecv(ring, serverB, group: group, userData: 2022)
+queueRecv(ring, serverA, userData: 2021)
+queueRecv(ring, serverB, userData: 2022)
 checkSubmit(io_uring_submit(ring), 2)
 print("recv on A (user_data 2021) and on B (2022), IOSQE_BUFFER_SELECT group 7: CQEs ready: \(io_uring_cq_ready(ring))")
 queueSend(ring, clientB, "hello B", outgoing, userData: 2031)
@@ -213,7 +214,7 @@ func sendThenRecv(_ ring: Ring, _ text: String, send: UInt64, recv: UInt64, _ po
     checkSubmit(io_uring_submit(ring), 1)
     let sent = complete(ring, [send], closing: sockets)[send]!
     guard sent.res == text.utf8.count else { bail("send of \(text) returned \(describe(res: sent.res))", closing: sockets) }
-    queueRecv(ring, sockets[1], group: 7, userData: recv)
+    queueRecv(ring, sockets[1], userData: recv)
     checkSubmit(io_uring_submit(ring), 1)
     printRecv(complete(ring, [recv], closing: sockets)[recv]!, "send \(quoted(text.utf8)), then recv on A", pool)
 }
@@ -231,10 +232,10 @@ sendThenRecv(ring, "five", send: 2035, recv: 2025, pool, outgoing, sockets)
 // This is the price of the scheme: every buffer given back is an SQE, and a CQE to reap.
 // Lesson 21's buffer rings give buffers back with two stores to shared memory instead.
 
-provide(ring, pool, count: 1, first: 1, group: group, userData: 2012)
+provide(ring, pool, count: 1, first: 1, userData: 2012)
 checkSubmit(io_uring_submit(ring), 1)
 printCQE(complete(ring, [2012], closing: sockets)[2012]!, "PROVIDE_BUFFERS group 7, buffer 1 given back")
-queueRecv(ring, serverA, group: group, userData: 2026)
+queueRecv(ring, serverA, userData: 2026)
 checkSubmit(io_uring_submit(ring), 1)
 printRecv(complete(ring, [2026], closing: sockets)[2026]!, "recv on A", pool)
 
@@ -245,12 +246,13 @@ printRecv(complete(ring, [2026], closing: sockets)[2026]!, "recv on A", pool)
 // submitted). Three messages then get buffers 3, 0 and 2 on Linux 6.1, 6.12 and 6.18: first
 // given back, first used. Buffer 1 stays in the group.
 
-for (n, id) in [3, 0, 2, 1].enumerated() {
-    provide(ring, pool, count: 1, first: id, group: group, userData: 2013 + UInt64(n))
+let givenBack = [3, 0, 2, 1]
+for (n, id) in givenBack.enumerated() {
+    provide(ring, pool, count: 1, first: id, userData: 2013 + UInt64(n))
 }
 checkSubmit(io_uring_submit(ring), 4)
 cqes = complete(ring, [2013, 2014, 2015, 2016], closing: sockets)
-for (n, id) in [3, 0, 2, 1].enumerated() {
+for (n, id) in givenBack.enumerated() {
     printCQE(cqes[2013 + UInt64(n)]!, "PROVIDE_BUFFERS group 7, buffer \(id) given back")
 }
 sendThenRecv(ring, "six", send: 2036, recv: 2027, pool, outgoing, sockets)

@@ -126,7 +126,6 @@ let registered = register(ring, memory, entries: entries, group: group)
 print("io_uring_register_buf_ring(\(entries) entries, group \(group)) = \(describe(res: registered))")
 guard registered == 0 else {
     munmap(memory, pageSize)
-    if registered == -EINVAL { for fd in sockets { close(fd) }; skip("IORING_REGISTER_PBUF_RING needs Linux 5.19") }
     bail("io_uring_register_buf_ring returned \(describe(res: registered))", closing: sockets)
 }
 print("io_uring_register_buf_ring again, group \(group) = \(describe(res: register(ring, memory, entries: entries, group: group)))")
@@ -167,7 +166,7 @@ let mask = io_uring_buf_ring_mask(entries)
 func refill(_ br: UnsafeMutablePointer<io_uring_buf_ring>, _ ids: [Int], _ pool: UnsafeMutableRawBufferPointer) {
     let tail = Int(br.pointee.tail)
     for (offset, id) in ids.enumerated() {
-        io_uring_buf_ring_add(br, pool.baseAddress! + id * 32, 32, UInt16(id), mask, Int32(offset))
+        io_uring_buf_ring_add(br, pool.baseAddress! + id * bufferSize, UInt32(bufferSize), UInt16(id), mask, Int32(offset))
     }
     let slots = ids.enumerated().map { "slot \((tail + $0.offset) & Int(mask)) = buffer \($0.element)" }
     print("io_uring_buf_ring_add: " + slots.joined(separator: ", "))
@@ -209,7 +208,7 @@ printHead(ring, group: group, tail: br.pointee.tail)
 /// Queue a recv on `fd` that lets the kernel pick a buffer of `group`.
 func queueRecv(_ ring: Ring, _ fd: Int32, group: UInt16, userData: UInt64) {
     let sqe = getSQE(ring)
-    io_uring_prep_recv(sqe, fd, nil, 32, 0)  // no buffer address: the kernel picks one
+    io_uring_prep_recv(sqe, fd, nil, bufferSize, 0)  // no buffer address: the kernel picks one
     io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT)
     sqe.pointee.buf_group = group
     io_uring_sqe_set_data64(sqe, userData)
@@ -220,7 +219,7 @@ func printRecv(_ cqe: io_uring_cqe, _ label: String, _ pool: UnsafeMutableRawBuf
     var line = "\(label): \(format(cqe))"
     if cqe.res > 0 && cqe.flags & IORING_CQE_F_BUFFER != 0 {
         let id = Int(cqe.flags >> IORING_CQE_BUFFER_SHIFT)  // the buffer the kernel chose
-        line += " \(quoted(pool[(id * 32)..<(id * 32 + Int(cqe.res))])) in buffer \(id)"
+        line += " \(quoted(pool[(id * bufferSize)..<(id * bufferSize + Int(cqe.res))])) in buffer \(id)"
     }
     print(line)
 }
