@@ -108,13 +108,14 @@ print("two connections through the ring: A (client fd \(clientA), server fd \(se
 // of `len` bytes, laid end to end from `addr`, as group `bgid`, with ids bid, bid+1, ... It is a
 // request like any other: it goes through the SQ and answers with a CQE. On success its res
 // is 0 on Linux 6.1, 6.12 and 6.18 (man 3 io_uring_prep_provide_buffers says "the number of
-// successfully provided buffers": that was so before 2022; the prose's Kernel section says when
-// it changed).
+// successfully provided buffers": that is what kernels before 5.18 answered; the prose's Kernel
+// section has the commit).
 //
 // The kernel keeps only each buffer's address, length and id: the memory stays ours, and must
 // stay allocated while the kernel may write into it, which is until every buffer has come back
-// or been removed (section 7). We allocate the four buffers as one block of 4 x 32 bytes
-// (bufferSize); buffer id N starts at byte 32 * N, where the kernel puts it too.
+// or been removed (section 7), and no recv that selects from the group is in flight. We
+// allocate the four buffers as one block of 4 x 32 bytes (bufferSize): buffer id N starts at
+// byte 32 * N, as the kernel lays them out.
 
 let group: UInt16 = 7, bufferSize = 32, bufferCount = 4
 let pool = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize * bufferCount, alignment: 64)
@@ -134,16 +135,17 @@ printCQE(complete(ring, [2011], closing: sockets)[2011]!, "PROVIDE_BUFFERS group
 
 // MARK: - 3. Two recvs waiting, and no buffer taken yet
 //
-// A recv that selects its buffer: `io_uring_prep_recv(sqe, fd, nil, 32, 0)`, no address, then
+// A recv that selects its buffer: `io_uring_prep_recv(sqe, fd, nil, len, 0)`, no address, then
 // IOSQE_BUFFER_SELECT in the SQE's flags and the group's id in `sqe->buf_group`. The length
 // still caps the read (the kernel uses the smaller of it and the buffer's length).
 //
 // We submit a recv on A's server socket, then one on B's. Neither socket has data, so both
 // wait, and no CQE is there after the submit. Then B's client sends: B's recv, submitted
 // second, completes with buffer 0. A buffer is chosen when the data arrives, not when the recv
-// is submitted. (On Linux 6.18 the kernel does look for a buffer when it first tries each recv,
-// finds no data, and puts the buffer back at the front of the group, io_kbuf_recycle in
-// io_uring/kbuf.c, before the recv starts to wait.)
+// is submitted. (Since Linux 5.18 the kernel does look for a buffer when it first tries each
+// recv, finds no data, and puts the buffer back at the front of the group before the recv
+// starts to wait: io_recv in io_uring/net.c calls io_kbuf_recycle. Before 5.18 a waiting recv
+// kept its buffer.)
 //
 // Each send goes through the ring from the client's socket, its bytes in `outgoing`, which
 // stays allocated until the send's CQE. We wait for both CQEs, the send's and the recv's, and
@@ -168,7 +170,7 @@ func printRecv(_ cqe: io_uring_cqe, _ label: String, _ pool: UnsafeMutableRawBuf
     print(line)
 }
 
-let outgoing = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
+let outgoing = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
 
 /// Queue a send of `text` from `fd` (its bytes copied to `outgoing`, which must then stay put
 /// until this send's CQE).
@@ -199,8 +201,8 @@ printRecv(cqes[2021]!, "recv on A", pool)
 //
 // From here on each message is sent, its CQE awaited, and then a recv submitted for it, one
 // at a time, all on A. Two more messages use up buffers 2 and 3: on Linux 6.1, 6.12 and 6.18 a
-// group hands out its buffers in the order they were provided (the list is FIFO; older kernels
-// took the most recently provided first, see the prose). Then the group is empty. The next
+// group hands out its buffers in the order they were provided (the list is FIFO; kernels before
+// 5.18 took the most recently provided first, see the prose). Then the group is empty. The next
 // message arrives, and the recv for it completes at once with -ENOBUFS: there is no buffer to
 // put it in. The data is not lost. It stays in the socket for a later recv.
 // (A recv on an empty group completes with -ENOBUFS even when no data has arrived: the kernel
@@ -263,7 +265,8 @@ sendThenRecv(ring, "eight", send: 2038, recv: 2029, pool, outgoing, sockets)
 //
 // `io_uring_prep_remove_buffers(sqe, nr, bgid)` removes up to `nr` buffers from the group,
 // from the front, and its res is how many it removed. We ask for 16; one is left (buffer 1).
-// Then we ask again, of a group that is now empty. After that no buffer of the group is the
+// Then we ask again, of a group that is now empty. (Linux 5.18 to 6.2 answered both with one
+// more than they removed: the prose's Kernel section.) After that no buffer of the group is the
 // kernel's, no recv is in flight, and the memory can go.
 
 var sqe = getSQE(ring)

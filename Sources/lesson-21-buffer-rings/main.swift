@@ -154,7 +154,7 @@ printCQE(complete(ring, [2111], closing: sockets)[2111]!, "PROVIDE_BUFFERS into 
 //
 // The head is the kernel's: the index of the next entry it will take. It is not in the shared
 // memory (the 16 bytes of entry 0 hold only the tail), and before Linux 6.8 nothing shows it.
-// Since 6.8, io_uring_register(2) with IORING_REGISTER_PBUF_STATUS (opcode 26; liburing 2.6's
+// Since 6.8, io_uring_register(2) with IORING_REGISTER_PBUF_STATUS (opcode 26; later liburings'
 // io_uring_buf_ring_head) copies it out: a `struct io_uring_buf_status { u32 buf_group; u32 head;
 // u32 resv[8]; }`. Older kernels answer -EINVAL (an opcode they do not know), and then the lesson
 // says so once and prints only the tail.
