@@ -48,6 +48,8 @@ static const unsigned IOSQE_CQE_SKIP_SUCCESS = 1U << IOSQE_CQE_SKIP_SUCCESS_BIT;
 // only after a probe. Opcodes are enum constants in newer liburings, hence the LAB_ names.
 #define LAB_IORING_OP_BIND 56    // Linux 6.11; liburing 2.7 adds io_uring_prep_bind
 #define LAB_IORING_OP_LISTEN 57  // Linux 6.11; liburing 2.7 adds io_uring_prep_listen
+#define LAB_IORING_REGISTER_PBUF_STATUS 26  // Linux 6.8: a buffer ring's head (liburing 2.6: io_uring_buf_ring_head)
+struct lab_io_uring_buf_status { __u32 buf_group; __u32 head; __u32 resv[8]; };
 #ifndef IORING_SEND_ZC_REPORT_USAGE
 #define IORING_SEND_ZC_REPORT_USAGE (1U << 3)   // Linux 6.2, in sqe->ioprio of SEND_ZC
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31) // in the notification's res: the data was copied

@@ -27,6 +27,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 
 _ = lessonArguments(usage: "lesson-20-provided-buffers", max: 0)
 

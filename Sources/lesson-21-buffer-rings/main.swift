@@ -23,6 +23,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 
 _ = lessonArguments(usage: "lesson-21-buffer-rings", max: 0)
 
@@ -154,7 +155,7 @@ printCQE(complete(ring, [2111], closing: sockets)[2111]!, "PROVIDE_BUFFERS into 
 //
 // The head is the kernel's: the index of the next entry it will take. It is not in the shared
 // memory (the 16 bytes of entry 0 hold only the tail), and before Linux 6.8 nothing shows it.
-// Since 6.8, io_uring_register(2) with IORING_REGISTER_PBUF_STATUS (opcode 26; later liburings'
+// Since 6.8, io_uring_register(2) with IORING_REGISTER_PBUF_STATUS (opcode 26, named in the shim; later liburings'
 // io_uring_buf_ring_head) copies it out: a `struct io_uring_buf_status { u32 buf_group; u32 head;
 // u32 resv[8]; }`. Older kernels answer -EINVAL (an opcode they do not know), and then the lesson
 // says so once and prints only the tail.
@@ -174,13 +175,13 @@ func refill(_ br: UnsafeMutablePointer<io_uring_buf_ring>, _ ids: [Int], _ pool:
     print("io_uring_buf_ring_advance(\(ids.count)): tail \(tail) -> \(br.pointee.tail)")
 }
 
-/// The kernel's head of `group` (IORING_REGISTER_PBUF_STATUS, Linux 6.8), or -errno. The array
+/// The kernel's head of `group` (IORING_REGISTER_PBUF_STATUS, Linux 6.8), or -errno. The struct
 /// lives for the one system call, which copies it in and out.
 func kernelHead(_ ring: Ring, group: UInt16) -> Int32 {
-    var status = [UInt32](repeating: 0, count: 10)  // buf_group, head, resv[8]
-    status[0] = UInt32(group)
-    let ret = status.withUnsafeMutableBytes { io_uring_register(UInt32(ring.pointee.ring_fd), 26, $0.baseAddress, 1) }
-    return ret < 0 ? ret : Int32(status[1])
+    var status = lab_io_uring_buf_status()  // struct io_uring_buf_status, in the shim
+    status.buf_group = UInt32(group)
+    let ret = io_uring_register(UInt32(ring.pointee.ring_fd), UInt32(LAB_IORING_REGISTER_PBUF_STATUS), &status, 1)
+    return ret < 0 ? ret : Int32(status.head)
 }
 
 /// Print the kernel's head of `group` beside our tail, where the kernel can tell (Linux 6.8).
