@@ -25,8 +25,8 @@ _ = lessonArguments(usage: "lesson-24-udp", max: 0)
 // MARK: - 1. Three UDP sockets, made through the ring
 //
 // User data: 2401-2403 the sockets, 2411-2413 their binds, 2421-2422 the first sendmsgs,
-// 2431-2432 the recvmsgs, 2441 the multishot recvmsg, 2451-2454 the datagrams it receives,
-// 2461 its cancel, 2471-2473 the closes.
+// 2431-2432 the recvmsgs, 2441 the multishot recvmsg, 2451-2454 the sendmsgs of the datagrams
+// it receives, 2461 its cancel, 2471-2473 the closes.
 
 let ring = makeRing(entries: 16)
 requireOpcodes(ring, IORING_OP_SOCKET, IORING_OP_SENDMSG, IORING_OP_RECVMSG, IORING_OP_ASYNC_CANCEL,
@@ -99,11 +99,11 @@ func text(_ address: sockaddr_in) -> String {
 
 // MARK: - 3. sendmsg: one datagram from each sender
 //
-// `io_uring_prep_sendmsg(sqe, fd, msg, flags)` puts the msghdr's address in the SQE. The kernel
-// copies the msghdr when it prepares the request (man 3 io_uring_prep_sendmsg, NOTES: since 5.5,
-// IORING_FEAT_SUBMIT_STABLE), but the iovec it points to and the bytes are read when the send
-// runs: the lab keeps all of it (msghdr, iovec, address, bytes) on the heap until the CQE.
-// msg_name is the destination, as with sendto(2).
+// `io_uring_prep_sendmsg(sqe, fd, msg, flags)` puts the msghdr's address in the SQE; msg_name is
+// the destination, as with sendto(2). The kernel has read the msghdr, its iovec and the address
+// by the time the submit returns (man 3 io_uring_prep_sendmsg, NOTES: IORING_FEAT_SUBMIT_STABLE,
+// 5.5), but the bytes only when the send runs, which can be later (a full socket buffer). The lab
+// keeps all of it on the heap until the CQE, which is always right.
 
 /// Send each (socket, bytes, user_data) to `port` on 127.0.0.1 with IORING_OP_SENDMSG, all in one
 /// submit, and return their CQEs in user_data order.
@@ -141,10 +141,11 @@ printCQE(first[1], "sendmsg sender B")
 // MARK: - 4. recvmsg: each datagram with its source address
 //
 // `io_uring_prep_recvmsg(sqe, fd, msg, flags)`: the kernel fills the iovec's buffer with one
-// datagram, writes the source address to msg_name and its length to msg_namelen, and sets
-// msg_flags, all in our msghdr, as recvmsg(2) does. Two datagrams wait in the receiver's queue;
-// each recvmsg takes the oldest. (UDP does not promise order; over loopback, sent from one thread,
-// they arrive in the order sent.)
+// datagram, writes the source address to msg_name, and writes msg_namelen and msg_flags back into
+// our msghdr, as recvmsg(2) does. It writes them when the datagram is received, which may be long
+// after the submit: here the msghdr, the address and the buffer must stay until the CQE. Two
+// datagrams wait in the receiver's queue; each recvmsg takes the oldest. (UDP does not promise
+// order; over loopback, sent one after the other from one thread, they arrived in the order sent.)
 
 let message = UnsafeMutablePointer<msghdr>.allocate(capacity: 1)
 let source = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1)
