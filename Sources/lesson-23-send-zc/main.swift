@@ -75,7 +75,7 @@ let server = pair[1].res
 // `io_uring_prep_send_zc(sqe, fd, buf, len, msg_flags, zc_flags)` fills an IORING_OP_SEND_ZC
 // SQE: addr/len the buffer, msg_flags as for send(2), and zc_flags in sqe->ioprio:
 // IORING_RECVSEND_POLL_FIRST, IORING_RECVSEND_FIXED_BUF (which _fixed sets, with buf_index), and
-// since 6.2 IORING_SEND_ZC_REPORT_USAGE. MSG_WAITALL makes io_uring retry a short send until all
+// since 6.2 (and 6.1.2) IORING_SEND_ZC_REPORT_USAGE. MSG_WAITALL makes io_uring retry a short send until all
 // `len` bytes are out, so res is all or an error.
 //
 // The order of the two CQEs is the kernel's design: the result is posted when the send returns,
@@ -181,7 +181,8 @@ _ = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2312, client: client, serve
 // the receiving socket could keep the data queued for as long as its reader likes, and the sender
 // cannot wait that long for its pages, so the stack copies user pages before it delivers to a
 // local socket (Documentation/networking/msg_zerocopy.rst, "Loopback"). A real NIC can DMA from
-// the pages instead. Before 6.2 the kernel does not know the flag and rejects the send.
+// the pages instead. A kernel without the flag (6.0, 6.1.0 and 6.1.1: it came in 6.2, and the 6.1
+// stable series took it in 6.1.2) rejects the send with -EINVAL and one CQE, and the lesson says so.
 
 buffer.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "c"))
 print("send_zc 3: \(size) bytes of \"c\", zc_flags IORING_SEND_ZC_REPORT_USAGE")
@@ -196,7 +197,7 @@ case .some(0):
 case .some(let res):
     print("  the kernel reports an unknown usage value 0x\(String(UInt32(bitPattern: res), radix: 16))")
 case .none:
-    print("  this kernel rejects IORING_SEND_ZC_REPORT_USAGE (added in Linux 6.2)")
+    print("  this kernel rejects IORING_SEND_ZC_REPORT_USAGE (added in Linux 6.2 and 6.1.2)")
 }
 
 // MARK: - 4. The fixed-buffer variant

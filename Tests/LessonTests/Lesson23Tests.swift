@@ -3,7 +3,8 @@ import XCTest
 final class Lesson23Tests: XCTestCase {
     /// The connection, then four zero-copy sends: each with its result CQE (F_MORE) followed by
     /// its notification (F_NOTIF, same user_data), the buffer refilled only after it, and the
-    /// receiver's bytes intact; the usage report (COPIED over loopback, or -EINVAL before 6.2);
+    /// receiver's bytes intact; the usage report (COPIED over loopback; a kernel without the flag,
+    /// 6.0 to 6.1.1, rejects it);
     /// the fixed-buffer send. The expected block of lessons/23-send-zc.md for this kernel.
     func testSendZeroCopy() throws {
         let run = try Lesson("23").runAndCompareWithProse()
@@ -21,9 +22,9 @@ final class Lesson23Tests: XCTestCase {
             XCTAssert(lines.contains("  recv on the other end:  user_data=\(userData + 10) res=16384 flags=0: 16384 x \"\(letter)\""),
                       "send \(userData): the receiver's bytes\n\(run.transcript)")
         }
-        // The usage report: copied (6.2 and later, over loopback) or the flag rejected (6.1).
+        // The usage report: copied (6.2 and 6.1.2 on, over loopback) or the flag rejected (older).
         XCTAssert(lines.contains("  the kernel reports: the data was copied, not sent from our pages")
-            || lines.contains("  this kernel rejects IORING_SEND_ZC_REPORT_USAGE (added in Linux 6.2)"), run.transcript)
+            || lines.contains("  this kernel rejects IORING_SEND_ZC_REPORT_USAGE (added in Linux 6.2 and 6.1.2)"), run.transcript)
         XCTAssertEqual(lines.last, "close client, server, listener: 0, 0, 0", run.transcript)
     }
 
