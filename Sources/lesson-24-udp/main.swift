@@ -252,7 +252,7 @@ func printDatagram(_ cqe: io_uring_cqe, _ template: UnsafeMutablePointer<msghdr>
         + "name \(text(name)) (\(owner(of: UInt16(bigEndian: name.sin_port), ports, names))); "
         + "payload \(length) bytes \(quoted(UnsafeRawBufferPointer(start: payload, count: length)))")
     // Done with the buffer: give it back to the kernel (lesson 21).
-    io_uring_buf_ring_add(bufferRing, buffer, UInt32(bufferSize), UInt16(id), io_uring_buf_ring_mask(8), 0)
+    io_uring_buf_ring_add(bufferRing, buffer, UInt32(bufferSize), UInt16(id), io_uring_buf_ring_mask(entries), 0)
     io_uring_buf_ring_advance(bufferRing, 1)
     return cqe.flags & IORING_CQE_F_MORE != 0
 }
