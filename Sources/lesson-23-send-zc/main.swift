@@ -23,6 +23,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 
 _ = lessonArguments(usage: "lesson-23-send-zc", max: 0)
 

@@ -19,6 +19,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 
 _ = lessonArguments(usage: "lesson-24-udp", max: 0)
 
