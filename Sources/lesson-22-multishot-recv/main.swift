@@ -110,7 +110,7 @@ final class Connection {
     let id: Int, fd: Int32
     let fifo = UnsafeMutablePointer<(bid: UInt16, length: Int)>.allocate(capacity: Int(bufferCount))
     var first = 0, count = 0, sent = 0  // the FIFO, and how much of its first buffer is sent
-    var receiving = true, sending = false, closing = false, rearmWanted = false
+    var receiving = true, sending = false, closing = false, rearmWanted = false, broken = false
     var bytesIn = 0, bytesOut = 0, recvs = 0, enobufs = 0, end = ""
     init(id: Int, fd: Int32) { (self.id, self.fd) = (id, fd) }
     deinit { fifo.deallocate() }
@@ -184,16 +184,19 @@ final class Server {
             free -= 1
             if logData { printCQE(cqe, "recv conn \(c.id)") }
             (c.bytesIn, c.recvs) = (c.bytesIn + Int(cqe.res), c.recvs + 1)
-            c.fifo[(c.first + c.count) % Int(bufferCount)] = (bid, Int(cqe.res))
-            c.count += 1
-            if !c.sending { sendNext(c) }
+            if c.broken { giveBack(bid); free += 1 }  // a send failed: no echo goes out any more
+            else {
+                c.fifo[(c.first + c.count) % Int(bufferCount)] = (bid, Int(cqe.res))
+                c.count += 1
+                if !c.sending { sendNext(c) }
+            }
         }
         guard !more else {  // a failure that leaves the multishot armed (not seen on 6.1, 6.12, 6.18)
             if cqe.res < 0 && logEvents { print("recv conn \(c.id): \(format(cqe)): F_MORE, the multishot goes on") }
             return
         }
         c.receiving = false  // no F_MORE: this recv will post nothing more
-        if cqe.res == -ENOBUFS || cqe.res > 0 {  // re-arm, once this connection's echoes are out
+        if (cqe.res == -ENOBUFS || cqe.res > 0) && !c.broken {  // re-arm, once its echoes are out
             (c.rearmWanted, rearmsWanted) = (true, rearmsWanted + 1)
             if cqe.res > 0 { if logEvents { print("recv conn \(c.id): ended after data, without F_MORE") }; return }
             (enobufsEnds, c.enobufs) = (enobufsEnds + 1, c.enobufs + 1)
@@ -224,6 +227,8 @@ final class Server {
         if cqe.res < 0 {  // the peer has gone: echo nothing more, stop the recv
             if logEvents { printCQE(cqe, "send conn \(c.id)") }
             if c.end.isEmpty { c.end = "nothing yet; a send failed with \(describe(res: cqe.res))" }
+            if c.rearmWanted { (c.rearmWanted, rearmsWanted) = (false, rearmsWanted - 1) }
+            c.broken = true
             dropQueue(c)
             if c.receiving { cancel(c.id, .recv) }
             return finishIfDone(c)
@@ -286,14 +291,18 @@ final class Server {
         return true
     }
 
-    /// Cancel the multishot accept and every recv; close each connection and the listener.
+    /// Cancel the multishot accept and every recv (and, after 1 s, the sends still waiting);
+    /// close each connection, then the listener.
     func stop() {
         (stopping, acceptCancel) = (true, nil)
         let cancelledAccept = accepting
         if accepting { cancel(0, .accept) }
         for c in connections.values where c.receiving { cancel(c.id, .recv) }
-        guard run(seconds: 5, until: { connections.isEmpty && !accepting && (!cancelledAccept || acceptCancel != nil) })
-        else { fail("the connections did not close within 5 s") }
+        let done = { self.connections.isEmpty && !self.accepting && (!cancelledAccept || self.acceptCancel != nil) }
+        if !run(seconds: 1, until: done) {  // an echo still waits after 1 s: a peer that does not read
+            for c in connections.values where c.sending { dropQueue(c); cancel(c.id, .send) }
+            guard run(seconds: 5, until: done) else { fail("the connections did not close within 5 s") }
+        }
         if let acceptCancel { printCQE(acceptCancel, "cancel accept") }
         if let acceptEnd { print("accept's last CQE: \(format(acceptEnd)): no F_MORE, the multishot accept has ended") }
         io_uring_prep_close(sqe(0, .close), listener.fd)
