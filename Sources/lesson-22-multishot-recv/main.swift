@@ -267,7 +267,7 @@ final class Server {
             (c.rearmWanted, rearmsWanted) = (false, rearmsWanted - 1)
             if stopping { c.end = "-ENOBUFS, not re-armed while stopping"; finishIfDone(c); continue }
             rearms += 1
-            if logEvents { print("re-arm conn \(c.id): recv multishot again (user_data=\(c.id * 10 + 2)), \(free) buffers free") }
+            if logEvents { print("re-arm conn \(c.id): recv multishot again (user_data=\(c.id * 10 + 2)), \(free) free") }
             armRecv(c)
         }
     }

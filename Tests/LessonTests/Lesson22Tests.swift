@@ -17,7 +17,7 @@ final class Lesson22Tests: XCTestCase {
         let enobufs = lines.filter { $0.contains("res=-ENOBUFS (-105)") }
         XCTAssertEqual(enobufs, ["recv conn 1: user_data=12 res=-ENOBUFS (-105) flags=0: no F_MORE, the multishot has ended; "
             + "256 bytes wait in the socket (MSG_PEEK)"], run.transcript)
-        for line in ["re-arm conn 1: recv multishot again (user_data=12), 16 buffers free",
+        for line in ["re-arm conn 1: recv multishot again (user_data=12), 16 free",
                      "client: sent 1280 bytes in one send(2), 1280 came back, every byte in order",
                      "clients: 1600 of 1600 round trips echoed byte for byte",
                      "total: 5 connections, 103680 bytes in, 103680 echoed; ENOBUFS ends: 1, re-arms: 1; "
