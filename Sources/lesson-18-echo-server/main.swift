@@ -98,7 +98,7 @@ final class EchoServer {
     let waitLimit = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
 
     var slots = [Connection?](repeating: nil, count: maxConnections + 1)  // 1...64; 0 is the listener
-    var accepted = 0, open = 0, refusing = 0, closed: [Connection] = []
+    var accepted = 0, refused = 0, open = 0, refusing = 0, closed: [Connection] = []
     var accepting = false, listening = true, cancelling = false, stopping = false
     var printEvents = false  // serving mode: a line per connection opened and closed
     var traced: Set<Int> = []  // the demo: connections whose every CQE is written down
@@ -114,15 +114,12 @@ final class EchoServer {
 
     // One accept at a time: a plain (single-shot) accept completes once, with one new fd, and is
     // queued again right after its CQE (lesson 19 shows the multishot accept that stays armed).
-    // The kernel writes the peer's address and its length, so both stay put, and the length is
-    // set to the size of the address before every accept.
+    // The kernel writes the peer's address and its length when the accept completes, so both
+    // stay put, and the length is reset to the size of the address before every accept.
     func queueAccept() {
         peerLength.pointee = socklen_t(MemoryLayout<sockaddr_in>.size)
-        queue(.accept) { sqe in
-            peer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                io_uring_prep_accept(sqe, listenFD, $0, peerLength, Int32(SOCK_CLOEXEC.rawValue))
-            }
-        }
+        let address = UnsafeMutablePointer<sockaddr>(OpaquePointer(peer))  // the same address, as accept's C type
+        queue(.accept) { io_uring_prep_accept($0, listenFD, address, peerLength, Int32(SOCK_CLOEXEC.rawValue)) }
         accepting = true
     }
     func queueRecv(_ c: Connection) {  // into the whole buffer: any number of bytes up to 16 KiB
@@ -185,6 +182,7 @@ final class EchoServer {
             queueRecv(c)
         } else {
             accepted += 1
+            refused += 1
             event("connection \(accepted) refused: " + (stopping ? "the server is stopping"
                 : "\(Self.maxConnections) connections are open (the limit)") + "; closing fd \(cqe.res)")
             queue(.closeRefused) { io_uring_prep_close($0, cqe.res) }
@@ -293,7 +291,7 @@ final class EchoServer {
         for request in [Request.cancelAll, .accept, .closeListener] { if let line = stopLines[request] { print(line) } }
     }
 
-    deinit {
+    func release() {  // once stopped: nothing is in flight, nothing points into this memory
         buffers.deallocate()
         peer.deallocate()
         peerLength.deallocate()
@@ -320,7 +318,8 @@ if portOption != nil || secondsOption != nil {
         fail("the server did not stop within 5 s")
     }
     server.printStopLines()
-    print("served \(count(server.accepted, "connection"))")
+    print("served \(count(server.accepted - server.refused, "connection")), refused \(server.refused)")
+    server.release()
     destroyRing(ring)
     exit(0)
 }
@@ -353,7 +352,7 @@ let staller = connectPlainly(port)
 let stallerThread = startThread { sendUntilStuckThenClose(staller) }
 let clients = EchoClients(port: port, clients: 8, messages: 50, size: 64)
 
-let allClosed = server.run(until: { server.closed.count == 11 }, deadline: clock.now + .seconds(10))
+let allClosed = server.run(until: { server.closed.count + server.refused == 11 }, deadline: clock.now + .seconds(10))
 pthread_join(resetterThread, nil)
 pthread_join(stallerThread, nil)
 let (echoed, problems) = clients.finish()
@@ -374,6 +373,7 @@ print("their clients: \(echoed) of 400 echoes came back byte for byte"
     + (resetterProblem.load(ordering: .relaxed) ? "; client 1's echo did not" : ""))
 print("the demo took \(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000) ms")
 server.printStopLines()
+server.release()
 destroyRing(ring)
 guard allClosed, problems.isEmpty, !resetterProblem.load(ordering: .relaxed) else {
     fail(allClosed ? problems.first ?? "client 1's echo did not come back" : "the clients did not finish within 10 s")
@@ -411,8 +411,8 @@ func sendAndLeave(_ fd: Int32, bytes: Int) {
     let data = [UInt8](repeating: UInt8(ascii: "2"), count: bytes)
     _ = send(fd, data, data.count, Int32(MSG_NOSIGNAL))
     shutdown(fd, Int32(SHUT_WR))
-    var unacknowledged: Int32 = 1
-    for _ in 0..<2000 where ioctl(fd, UInt(TIOCOUTQ), &unacknowledged) == 0 && unacknowledged > 0 { usleep(1000) }
+    var unacknowledged: Int32 = 1, waited = 0
+    while ioctl(fd, UInt(TIOCOUTQ), &unacknowledged) == 0 && unacknowledged > 0 && waited < 2000 { usleep(1000); waited += 1 }
     close(fd)
 }
 
