@@ -23,6 +23,7 @@
 import Glibc
 import CLiburing
 import LabSupport
+import LabNet
 import Synchronization
 
 let usage = "lesson-18-echo-server [--port P] [--seconds S]  (no options: a demo with its own clients; "
