@@ -32,23 +32,27 @@ public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -
     let probe = io_uring_get_probe_ring(ring)
     let inRing = probe != nil && io_uring_opcode_supported(probe, LAB_IORING_OP_BIND) != 0 && io_uring_opcode_supported(probe, LAB_IORING_OP_LISTEN) != 0
     io_uring_free_probe(probe)
-    func request(_ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) -> Int32 {  // one request: its res
-        prep(getSQE(ring))
+    func request(_ userData: UInt64, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) -> Int32 {  // its res
+        let sqe = getSQE(ring)
+        prep(sqe)
+        io_uring_sqe_set_data64(sqe, userData)
         checkSubmit(io_uring_submit(ring), 1)
-        return waitCQE(ring, seconds: 5).res
+        let cqe = waitCQE(ring, seconds: 5)
+        guard cqe.user_data == userData else { fail("listenOnLoopback waited for user_data=\(userData), got \(format(cqe))") }
+        return cqe.res
     }
-    let fd = request { io_uring_prep_socket($0, AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, 0) }
+    let fd = request(0x4E_E7_01) { io_uring_prep_socket($0, AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, 0) }
     guard fd >= 0 else { fail("IORING_OP_SOCKET returned \(describe(res: fd))") }
     var on: Int32 = 1  // reuse a port whose old connections are in TIME_WAIT (never a live listener's)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
     let address = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1), length = socklen_t(MemoryLayout<sockaddr_in>.size)
     defer { address.deallocate() }  // BIND reads it while it runs, and we wait for its CQE
     address.initialize(to: loopbackAddress(port: port))
-    var step = "bind", ret = inRing ? request { io_uring_prep_rw(LAB_IORING_OP_BIND, $0, fd, address, 0, UInt64(length)) }
+    var step = "bind", ret = inRing ? request(0x4E_E7_02) { io_uring_prep_rw(LAB_IORING_OP_BIND, $0, fd, address, 0, UInt64(length)) }
         : address.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } == 0 ? 0 : -errno
     if ret == 0 {  // liburing 2.7's io_uring_prep_bind and io_uring_prep_listen fill the SQEs the same way
         step = "listen on"
-        ret = inRing ? request { io_uring_prep_rw(LAB_IORING_OP_LISTEN, $0, fd, nil, UInt32(backlog), 0) } : listen(fd, backlog) == 0 ? 0 : -errno
+        ret = inRing ? request(0x4E_E7_03) { io_uring_prep_rw(LAB_IORING_OP_LISTEN, $0, fd, nil, UInt32(backlog), 0) } : listen(fd, backlog) == 0 ? 0 : -errno
     }
     if ret < 0 { close(fd); fail("cannot \(step) 127.0.0.1:\(port): \(describe(res: ret))") }
     return (fd, localPort(fd), inRing ? "IORING_OP_BIND and IORING_OP_LISTEN" : "bind(2) and listen(2): this kernel lacks IORING_OP_BIND (6.11)")
