@@ -163,10 +163,13 @@ print("listening on 127.0.0.1:\(port)")
 //
 // One thread can be both ends because connect does not wait for accept: the kernel itself
 // answers the SYN of a listening socket, completes the handshake, and queues the new
-// connection in the listener's backlog (up to 8 here). The connect then succeeds; an accept
-// takes a connection off that queue, or, if it is empty, waits for one. So the two requests
-// go in one io_uring_submit, the accept first. Both wait without a thread: each finds its
-// socket not ready (no connection yet; a handshake under way) and the kernel arms a poll on it.
+// connection in the listener's backlog (backlog 8: 9 on Linux, which calls the queue full only
+// when it holds more than the backlog). The connect then succeeds; an accept takes a
+// connection off that queue, or, if it is empty, waits for one. So the two requests go in one
+// io_uring_submit, the accept first. Neither waits on a thread. The accept finds no connection
+// and the kernel arms a poll on the listener for it. The connect's first, non-blocking try
+// starts the handshake (EINPROGRESS); on loopback the handshake is over before a poll would be
+// armed, so the kernel queues the retry at once, and the retry finds the socket connected.
 //
 // The accept writes the client's address into `peer` and its length into `peerLength` when it
 // completes: both must live until its CQE. `peerLength` goes in holding the space we have.
@@ -190,9 +193,11 @@ print("the accept wrote the peer's address (\(peerLength.pointee) bytes): \(peer
 // The server's recv goes in before the client has sent anything. The kernel tries it at once,
 // finds the socket empty, and instead of handing it to a thread that would block in recv(2),
 // arms a poll on the socket for it ("fast poll", IORING_FEAT_FAST_POLL, Linux 5.7) and returns.
-// When data arrives, the socket's wakeup queues task work that retries the recv in this
-// process's own context, here while we wait for CQEs. Two witnesses: the ring's fdinfo lists
-// the request in its poll list, and the process has no io-wq worker thread (`iou-wrk-PID`).
+// When data arrives, the socket's wakeup queues task work: a retry of the recv that runs in the
+// submitting thread when it next returns to user space from any system call. Here that is the
+// submit that sends: the recv's CQE is in the CQ when io_uring_submit returns. Two witnesses
+// that it waits: the ring's fdinfo lists the request in its poll list, and the process has no
+// io-wq worker thread (`iou-wrk-PID`).
 
 /// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's).
 func pollList(_ ring: Ring) -> String {
@@ -222,7 +227,8 @@ print("  the ring's poll list (fdinfo PollList): \(pollList(ring))")
 print("  io-wq worker threads: \(ioWorkers())")
 
 // The client's send completes during the submit (loopback delivers the bytes into the server's
-// socket at once), and that delivery wakes the server's recv. One SQE goes in; two CQEs come.
+// socket at once), and that delivery wakes the server's recv, whose retry runs on the way out
+// of the same io_uring_enter. One SQE goes in; two CQEs come.
 prepare(ring, 1711) { io_uring_prep_send($0, client, outBuffer.baseAddress, outBuffer.count, 0) }
 let firstRecv = submitAndPrint(ring, 1, cqes: 2, bytes: [1710: inBuffer])[1710] ?? -EINVAL
 guard firstRecv > 0 else { stop("the server's recv returned \(describe(res: firstRecv))") }
@@ -245,7 +251,8 @@ print("echoed bytes \(same ? "are" : "are NOT") the bytes the client sent")
 // The connection stays open the other way. The server's next recv returns 0: end of file, the
 // peer's "no more data" (not an error, and not "nothing yet": an empty socket waits, as above).
 // Its flags say F_SOCK_NONEMPTY: the kernel's hint of data left to read (tcp_inq_hint) is never
-// 0 after a FIN, so that a reader keeps reading until it sees the 0.
+// 0 after a FIN. res 0 wins: every recv after the FIN returns 0 with the flag still set, so a
+// reader that loops while the flag is set never stops.
 //
 // SHUTDOWN, unlike the requests before it, never runs inline and never waits on a poll: the
 // kernel hands it to an io-wq worker thread (io_uring/net.c), and the worker count shows it.

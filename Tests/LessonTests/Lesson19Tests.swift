@@ -10,7 +10,10 @@ final class Lesson19Tests: XCTestCase {
         let run = try Lesson("19").runAndCompareWithProse()
         let lines = run.stdoutLines
         // Every accept CQE comes from the one request, user_data 1901: a new fd and F_MORE,
-        // then the last one, without F_MORE.
+        // then the last one, without F_MORE. "One request, from one SQE" rests on the shared
+        // user_data: a test sees CQEs, not SQEs, so it trusts that the lesson gives 1901 to
+        // one SQE only (main.swift's section 2; the output's "one SQE submitted" line), and
+        // checks that every accept CQE carries it.
         let accepts = lines.filter { $0.contains("user_data=1901 ") }
         XCTAssertEqual(accepts.count, 6, run.transcript)
         for line in accepts.dropLast() {
