@@ -35,7 +35,8 @@ _ = lessonArguments(usage: "lesson-20-provided-buffers", max: 0)
 //
 // PROVIDE_BUFFERS and REMOVE_BUFFERS are Linux 5.7; the sockets are made with IORING_OP_SOCKET,
 // 5.19, which makes this lesson a 5.19 one. We ask the kernel rather than guess from its
-// version. Every request has a fixed user_data: 2001-2006 make the connections, 2011-2019 are
+// version: requireOpcodes below for the ops of this lesson, and LabNet's listenOnLoopback, the
+// first to make a socket, probes IORING_OP_SOCKET (skipping, exit 77, on a kernel without it). Every request has a fixed user_data: 2001-2006 make the connections, 2011-2019 are
 // PROVIDE_BUFFERS and REMOVE_BUFFERS, 2021-2029 the recvs, 2031-2038 the sends, 2041-2044 the
 // closes.
 
@@ -113,8 +114,8 @@ print("two connections through the ring: A (client fd \(clientA), server fd \(se
 // section has the commit).
 //
 // The kernel keeps only each buffer's address, length and id: the memory stays ours, and must
-// stay allocated while the kernel may write into it, which is until every buffer has come back
-// or been removed (section 7), and no recv that selects from the group is in flight. We
+// stay allocated while the kernel may write into it: until each buffer has been used (its CQE
+// seen) or removed (section 7), and no recv that selects from the group is in flight. We
 // allocate the four buffers as one block of 4 x 32 bytes (bufferSize): buffer id N starts at
 // byte 32 * N, as the kernel lays them out.
 
@@ -143,10 +144,10 @@ printCQE(complete(ring, [2011], closing: sockets)[2011]!, "PROVIDE_BUFFERS group
 // We submit a recv on A's server socket, then one on B's. Neither socket has data, so both
 // wait, and no CQE is there after the submit. Then B's client sends: B's recv, submitted
 // second, completes with buffer 0. A buffer is chosen when the data arrives, not when the recv
-// is submitted. (Since Linux 5.18 the kernel does look for a buffer when it first tries each
-// recv, finds no data, and puts the buffer back at the front of the group before the recv
-// starts to wait: io_recv in io_uring/net.c calls io_kbuf_recycle. Before 5.18 a waiting recv
-// kept its buffer.)
+// is submitted. (Since Linux 5.18, commit b1c62645758e, the kernel does look for a buffer when
+// it first tries each recv, finds no data, and puts the buffer back at the front of the group
+// before the recv starts to wait; on 6.18, io_recv in io_uring/net.c calls io_kbuf_recycle.
+// Before 5.18 a waiting recv kept its buffer.)
 //
 // Each send goes through the ring from the client's socket, its bytes in `outgoing`, which
 // stays allocated until the send's CQE. We wait for both CQEs, the send's and the recv's, and
@@ -206,8 +207,7 @@ printRecv(cqes[2021]!, "recv on A", pool)
 // 5.18 took the most recently provided first, see the prose). Then the group is empty. The next
 // message arrives, and the recv for it completes at once with -ENOBUFS: there is no buffer to
 // put it in. The data is not lost. It stays in the socket for a later recv.
-// (A recv on an empty group completes with -ENOBUFS even when no data has arrived: the kernel
-// looks for the buffer before it looks at the socket. Exercise 1.)
+// (And a recv on an empty group before any data has arrived? Exercise 1.)
 
 /// Send `text` from A's client, wait for the send's CQE, then submit a recv on A's server
 /// socket and print its CQE.
@@ -233,7 +233,8 @@ sendThenRecv(ring, "five", send: 2035, recv: 2025, pool, outgoing, sockets)
 // and with it "five", the message that found no buffer in section 4.
 //
 // This is the price of the scheme: every buffer given back is an SQE, and a CQE to reap.
-// Lesson 21's buffer rings give buffers back with two stores to shared memory instead.
+// Lesson 21's buffer rings give buffers back by writing to memory shared with the kernel
+// instead: three fields per buffer, then one store-release of the ring's tail per batch.
 
 provide(ring, pool, count: 1, first: 1, userData: 2012)
 checkSubmit(io_uring_submit(ring), 1)

@@ -1,20 +1,18 @@
 // Lesson 21: buffer rings
 //
 // Lesson 20's provided buffers have a cost: every buffer given back to the kernel is an SQE
-// (IORING_OP_PROVIDE_BUFFERS) and a CQE to reap, and the kernel keeps its buffers in a list it
-// allocates entries for. A *buffer ring* (Linux 5.19) replaces that with memory the application
-// and the kernel share, like the SQ and CQ themselves: an array of `struct io_uring_buf`
-// entries (address, length, buffer id) and a 16-bit tail. The application writes entries at the
-// tail and then moves the tail (a store-release); the kernel takes entries at its head, which
-// it keeps to itself. Giving a buffer back is two stores to memory: no SQE, no system call.
+// (IORING_OP_PROVIDE_BUFFERS) and a CQE to reap. A *buffer ring* (Linux 5.19) replaces that with
+// memory the application and the kernel share, like the SQ and CQ themselves: an array of
+// `struct io_uring_buf` entries (address, length, buffer id) and a 16-bit tail. The application
+// writes entries at the tail and then moves the tail; the kernel takes entries at its head,
+// which it keeps to itself. Giving buffers back is writing that memory: three fields per buffer,
+// then one store-release of the tail for the whole batch. No SQE, no system call.
 //
 // liburing 2.3 has no io_uring_setup_buf_ring (2.4 added it), so the lesson does what that
-// function does: it maps the ring's memory itself (one anonymous page, page-aligned as the
-// kernel requires), registers it with io_uring_register_buf_ring as buffer group 9, fills it
-// with io_uring_buf_ring_add and io_uring_buf_ring_advance, and at the end unregisters it and
-// unmaps the memory. Recvs select buffers from the group exactly as in lesson 20 (IOSQE_BUFFER_SELECT,
-// sqe->buf_group), and the CQE names the buffer the same way (IORING_CQE_F_BUFFER, the id in
-// flags >> IORING_CQE_BUFFER_SHIFT).
+// function does: it maps the ring's memory itself, registers it as buffer group 9, fills it, and
+// at the end unregisters it and unmaps the memory. Recvs select buffers from the group exactly
+// as in lesson 20 (IOSQE_BUFFER_SELECT, sqe->buf_group), and the CQE names the buffer the same
+// way (IORING_CQE_F_BUFFER, the id in flags >> IORING_CQE_BUFFER_SHIFT).
 //
 // Read next: man 3 io_uring_register_buf_ring, man 3 io_uring_buf_ring_init,
 // man 3 io_uring_buf_ring_add, man 3 io_uring_buf_ring_advance, man 3 io_uring_buf_ring_cq_advance,
@@ -29,10 +27,11 @@ _ = lessonArguments(usage: "lesson-21-buffer-rings", max: 0)
 
 // MARK: - 1. A ring and a connection
 //
-// Buffer rings and IORING_OP_SOCKET are both Linux 5.19. The connection is made through the ring
-// as lesson 17 shows; the client sends through the ring, and the subject is the server socket's
-// recvs. Every request has a fixed user_data: 2101-2103 make the connection, 2111 is a
-// PROVIDE_BUFFERS, 2121-2127 the recvs, 2131-2136 the sends, 2141-2142 the closes.
+// Buffer rings and IORING_OP_SOCKET are both Linux 5.19. The connection is made through the
+// ring as lesson 17 shows; the subject is the server socket's recvs. requireOpcodes checks this
+// lesson's ops; LabNet's listenOnLoopback, the first to make a socket, probes IORING_OP_SOCKET
+// (exit 77 without it). user_data: 2101-2103 make the connection, 2111 is a PROVIDE_BUFFERS,
+// 2121-2127 the recvs, 2131-2136 the sends, 2141-2142 the closes.
 
 let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_PROVIDE_BUFFERS, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_CONNECT,
@@ -88,18 +87,21 @@ print("a connection through the ring: client fd \(client), server fd \(server); 
 
 // MARK: - 2. The ring's memory, and what the kernel checks when it is registered
 //
-// The ring is `entries` structs io_uring_buf of 16 bytes each (addr, len, bid, and a reserved
-// field, which in entry 0 doubles as the tail: struct io_uring_buf_ring overlays it). We want 4
-// entries, 64 bytes, but the kernel pins whole pages of it and wants the address page-aligned,
-// so we map one anonymous page, as io_uring_setup_buf_ring does in liburing 2.4 and later. The
-// memory is shared by us and the kernel until we unregister the ring: it must not move or go.
+// The ring is `entries` structs io_uring_buf of 16 bytes (addr, len, bid, and a reserved field
+// that in entry 0 doubles as the tail). 4 entries are 64 bytes, but the kernel pins whole pages
+// and wants the address page-aligned, so we map one anonymous page, as liburing 2.4's
+// io_uring_setup_buf_ring does. It is shared with the kernel until we unregister the ring.
 //
 // `io_uring_register_buf_ring(ring, &reg, 0)` is io_uring_register(2) with
 // IORING_REGISTER_PBUF_RING: a system call, done when it returns (the kernel copies `reg`). The
-// kernel refuses (Linux 6.18, io_register_pbuf_ring in io_uring/kbuf.c):
-//   - a number of entries that is not a power of two, or 65536 or more: -EINVAL;
-//   - an address that is not page-aligned: -EINVAL;
-//   - a group that already has a ring, or lesson 20's buffers: -EEXIST.
+// kernel refuses (Linux 6.18):
+//   - a number of entries that is not a power of two, or 65536 or more: -EINVAL
+//     (io_register_pbuf_ring in io_uring/kbuf.c);
+//   - an address that is not page-aligned: -EINVAL, and a NULL one: -EFAULT (io_create_region
+//     in io_uring/memmap.c, which pins the pages; 6.1 and 6.12 check both in
+//     io_register_pbuf_ring itself);
+//   - a group that already has a ring, or still holds lesson 20's buffers: -EEXIST (kbuf.c;
+//     a lesson-20 group that recvs or REMOVE_BUFFERS emptied is taken over: 0).
 // We try the first two, then register for real, then try again.
 
 let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -145,20 +147,17 @@ printCQE(complete(ring, [2111], closing: sockets)[2111]!, "PROVIDE_BUFFERS into 
 // MARK: - 3. Filling the ring
 //
 // `io_uring_buf_ring_init(br)` sets the tail to 0. `io_uring_buf_ring_add(br, addr, len, bid,
-// mask, offset)` writes the entry at (tail + offset) & mask, mask = entries - 1
-// (io_uring_buf_ring_mask), and does not move the tail: the kernel cannot see the entry yet.
-// `io_uring_buf_ring_advance(br, count)` then publishes `count` entries at once, with one
-// store-release of the new tail. Nothing else happens: no SQE, no system call.
-//
-// We put our four buffers in the ring in the order 3, 1, 0, 2, so that "ring order" and
-// "id order" differ.
+// mask, offset)` writes addr, len and bid into the entry at (tail + offset) & mask (mask =
+// entries - 1, io_uring_buf_ring_mask), and does not move the tail: the kernel cannot see the
+// entry yet. `io_uring_buf_ring_advance(br, count)` then publishes `count` entries at once, with
+// one store-release of the new tail. No SQE, no system call. We add our four buffers in the
+// order 3, 1, 0, 2, so that "ring order" and "id order" differ.
 //
 // The head is the kernel's: the index of the next entry it will take. It is not in the shared
-// memory (the 16 bytes of entry 0 hold only the tail), and before Linux 6.8 nothing shows it.
-// Since 6.8, io_uring_register(2) with IORING_REGISTER_PBUF_STATUS (opcode 26, named in the shim; later liburings'
-// io_uring_buf_ring_head) copies it out: a `struct io_uring_buf_status { u32 buf_group; u32 head;
-// u32 resv[8]; }`. Older kernels answer -EINVAL (an opcode they do not know), and then the lesson
-// says so once and prints only the tail.
+// memory, and before Linux 6.8 nothing shows it. Since 6.8, io_uring_register(2) with
+// IORING_REGISTER_PBUF_STATUS (named in the shim; later liburings: io_uring_buf_ring_head)
+// copies it out in a struct io_uring_buf_status. Older kernels answer -EINVAL (an opcode they do
+// not know), and then the lesson says so once and prints only the tail.
 
 let br = memory.bindMemory(to: io_uring_buf_ring.self, capacity: 1)
 let mask = io_uring_buf_ring_mask(entries)
@@ -169,7 +168,9 @@ func refill(_ br: UnsafeMutablePointer<io_uring_buf_ring>, _ ids: [Int], _ pool:
     for (offset, id) in ids.enumerated() {
         io_uring_buf_ring_add(br, pool.baseAddress! + id * bufferSize, UInt32(bufferSize), UInt16(id), mask, Int32(offset))
     }
-    let slots = ids.enumerated().map { "slot \((tail + $0.offset) & Int(mask)) = buffer \($0.element)" }
+    let slots = (0..<ids.count).map { (tail + $0) & Int(mask) }.map { slot in  // the id read back from the page
+        "slot \(slot) = buffer \(UnsafeRawPointer(br).load(fromByteOffset: slot * MemoryLayout<io_uring_buf>.stride, as: io_uring_buf.self).bid)"
+    }
     print("io_uring_buf_ring_add: " + slots.joined(separator: ", "))
     io_uring_buf_ring_advance(br, Int32(ids.count))
     print("io_uring_buf_ring_advance(\(ids.count)): tail \(tail) -> \(br.pointee.tail)")
@@ -237,8 +238,7 @@ func queueSend(_ ring: Ring, _ fd: Int32, _ text: String, _ outgoing: UnsafeMuta
     io_uring_sqe_set_data64(sqe, userData)
 }
 
-/// Send `text` from the client and wait for the send's CQE; then submit a recv on the server
-/// socket and print its CQE.
+/// Send `text` from the client, wait for the send's CQE, then submit a recv and print its CQE.
 func sendThenRecv(_ ring: Ring, _ text: String, send: UInt64, recv: UInt64, _ pool: UnsafeMutableRawBufferPointer,
                   _ outgoing: UnsafeMutableRawBufferPointer, _ sockets: [Int32]) {
     queueSend(ring, sockets[0], text, outgoing, userData: send)
@@ -257,7 +257,9 @@ printHead(ring, group: group, tail: br.pointee.tail)
 queueSend(ring, client, "one", outgoing, userData: 2131)  // its CQE and the recv's, in either order
 checkSubmit(io_uring_submit(ring), 1)
 cqes = complete(ring, [2131, 2121], closing: sockets)
-printRecv(cqes[2121]!, "send \"one\": the waiting recv", pool)
+guard cqes[2131]!.res == 3 else { bail("send of one returned \(describe(res: cqes[2131]!.res))", closing: sockets) }
+printCQE(cqes[2131]!, "send \"one\" from the client")
+printRecv(cqes[2121]!, "the waiting recv", pool)
 sendThenRecv(ring, "two", send: 2132, recv: 2122, pool, outgoing, sockets)
 sendThenRecv(ring, "three", send: 2133, recv: 2123, pool, outgoing, sockets)
 sendThenRecv(ring, "four", send: 2134, recv: 2124, pool, outgoing, sockets)
@@ -266,17 +268,12 @@ printHead(ring, group: group, tail: br.pointee.tail)
 // MARK: - 5. Empty, then refilled by the application
 //
 // The ring is empty, so the recv for the next message completes at once with -ENOBUFS, as in
-// lesson 20 (the data stays in the socket). We are done with the bytes in buffers 2 and 0, so
-// we give them back: io_uring_buf_ring_add into the slots after the tail, which wrap round
-// (tail 4 and 5, masked by 3, are slots 0 and 1), and io_uring_buf_ring_advance. That is all:
-// no SQE, no CQE, no system call (under strace, no io_uring_enter or io_uring_register
-// between the two lines of the refill and the next submit). The next recv gets buffer 2 and
-// the message that found the ring empty.
-//
-// A program that gives buffers back while it reaps CQEs can publish the tail and mark the CQEs
-// seen together: io_uring_buf_ring_cq_advance(ring, br, count) adds count to the tail and
-// calls io_uring_cq_advance(ring, count). This lesson reaps through `waitCQE`, which marks each
-// CQE seen at once, so it uses io_uring_buf_ring_advance.
+// lesson 20 (the data stays in the socket). We give buffers 2 and 0 back: io_uring_buf_ring_add
+// into the slots after the tail, which wrap round (tail 4 and 5, masked by 3, are slots 0 and
+// 1), and io_uring_buf_ring_advance. No SQE, no CQE, no system call (strace shows none between
+// the refill's two lines and the next submit). The next recv gets buffer 2, and "five".
+// (io_uring_buf_ring_cq_advance(ring, br, count) publishes the tail and marks count CQEs seen
+// together, for a loop that gives buffers back as it reaps; waitCQE marks each CQE seen itself.)
 
 sendThenRecv(ring, "five", send: 2135, recv: 2125, pool, outgoing, sockets)
 refill(br, [2, 0], pool)
@@ -289,9 +286,9 @@ printHead(ring, group: group, tail: br.pointee.tail)
 // MARK: - 6. Unregistering, and giving the memory back
 //
 // io_uring_unregister_buf_ring(ring, bgid) (IORING_UNREGISTER_PBUF_RING) drops the group and
-// unpins the ring's page; only then may the memory go. No recv is in flight, and the kernel
-// holds no buffer of ours any more, so the buffers can go too. (Destroying the io_uring would
-// also drop the group; the mapping would stay until munmap or exit.)
+// unpins the ring's page; only then may the memory go. No recv is in flight and the kernel holds
+// no buffer of ours, so the buffers can go too. (Destroying the io_uring would also drop the
+// group.)
 
 print("io_uring_unregister_buf_ring(group \(group)) = \(describe(res: io_uring_unregister_buf_ring(ring, Int32(group))))")
 print("munmap = \(munmap(memory, pageSize) == 0 ? "0" : describe(res: -errno))")

@@ -15,7 +15,9 @@ final class Lesson21Tests: XCTestCase {
             "io_uring_register_buf_ring(4 entries, group 9) = 0",
             "io_uring_register_buf_ring again, group 9 = -EEXIST (-17)",
             "recv (user_data 2121), IOSQE_BUFFER_SELECT group 9, no data yet: CQEs ready: 0",
+            "send \"one\" from the client: user_data=2131 res=3 flags=0",
             "send \"five\", then recv: user_data=2125 res=-ENOBUFS (-105) flags=0",
+            // The ids are read back from the ring's shared page: the refill wrapped to slots 0 and 1.
             "io_uring_buf_ring_add: slot 0 = buffer 2, slot 1 = buffer 0",
             "io_uring_buf_ring_advance(2): tail 4 -> 6",
             "recv after the refill: user_data=2126 res=4 flags=0x20001 (F_BUFFER|buf=2) \"five\" in buffer 2",
