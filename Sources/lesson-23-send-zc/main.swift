@@ -11,7 +11,7 @@
 //   2. the notification: res 0, flags IORING_CQE_F_NOTIF: the kernel no longer needs the buffer.
 //
 // Only after the second may the buffer be changed or freed. The lesson prints both CQEs of every
-// send, refills its buffer only after the notification, and checks what the receiver got.
+// send, refills its buffer only after the notification, and prints what the receiver got.
 //
 // It also asks the kernel whether it really avoided the copy (IORING_SEND_ZC_REPORT_USAGE, 6.2):
 // over loopback it did not, and the notification says so. And it sends from a registered buffer
@@ -228,9 +228,10 @@ if registered == 0 {
     let zcFlags = reports ? IORING_SEND_ZC_REPORT_USAGE : 0
     print("send_zc_fixed 4: \(size) bytes of \"d\" from registered buffer 0, zc_flags \(reports ? "IORING_SEND_ZC_REPORT_USAGE" : "0")")
     _ = sendZeroCopy(ring, registeredBuffer, zcFlags: zcFlags, fixed: 0, userData: 2314, sockets, received: received)
-    // Unregistering need not wait for the notification: a send holds its own reference to the
-    // registered buffer (io_send_zc_import attaches it to the notification, Linux 6.18). What
-    // must wait for the notification is rewriting or freeing the memory (below).
+    // What must wait for the notification is rewriting or freeing the memory (below), not this
+    // call: a send holds its own reference to the registered buffer. (Called early, it returned
+    // at once on 6.18, io_send_zc_import tying the buffer to the notification; on 6.12 and 6.1
+    // it waited for the notification.)
     print("io_uring_unregister_buffers = \(describe(res: io_uring_unregister_buffers(ring)))")
 }
 
