@@ -11,14 +11,15 @@
 //   2. the notification: res 0, flags IORING_CQE_F_NOTIF: the kernel no longer needs the buffer.
 //
 // Only after the second may the buffer be changed or freed. The lesson prints both CQEs of every
-// send, refills its buffer only after the notification, and checks what the receiver got.
+// send, refills its buffer only after the notification, and prints what the receiver got.
 //
 // It also asks the kernel whether it really avoided the copy (IORING_SEND_ZC_REPORT_USAGE, 6.2):
 // over loopback it did not, and the notification says so. And it sends from a registered buffer
 // (io_uring_prep_send_zc_fixed), which spares the kernel pinning the pages on every send.
 //
-// Read next: man 3 io_uring_prep_send_zc (also io_uring_prep_send_zc_fixed), man 2 io_uring_enter
-// (IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC), the kernel's Documentation/networking/msg_zerocopy.rst.
+// Read next: man 2 io_uring_enter (IORING_OP_SEND_ZC, IORING_RECVSEND_FIXED_BUF), man 3
+// io_uring_prep_send_zc (liburing 2.3's page covers neither _fixed nor the usage report), the
+// kernel's Documentation/networking/msg_zerocopy.rst.
 
 import Glibc
 import CLiburing
@@ -76,8 +77,9 @@ let server = pair[1].res
 // `io_uring_prep_send_zc(sqe, fd, buf, len, msg_flags, zc_flags)` fills an IORING_OP_SEND_ZC
 // SQE: addr/len the buffer, msg_flags as for send(2), and zc_flags in sqe->ioprio:
 // IORING_RECVSEND_POLL_FIRST, IORING_RECVSEND_FIXED_BUF (which _fixed sets, with buf_index), and
-// since 6.2 (and 6.1.2) IORING_SEND_ZC_REPORT_USAGE. MSG_WAITALL makes io_uring retry a short send until all
-// `len` bytes are out, so res is all or an error.
+// since 6.2 (and 6.1.2) IORING_SEND_ZC_REPORT_USAGE. MSG_WAITALL makes io_uring retry a short
+// send until all `len` bytes are out; if an error stops it after some bytes went out, res is the
+// bytes sent so far, not the error (io_send_zc, Linux 6.18).
 //
 // The order of the two CQEs is the kernel's design: the result is posted when the send returns,
 // the notification by task work queued when the last reference to our pages is dropped, which
@@ -92,7 +94,7 @@ let server = pair[1].res
 let size = 16 * 1024
 let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
 
-/// `16384 x "a"`: the bytes as runs of one value, so a torn buffer would show as two runs.
+/// `16384 x "a"`: the received bytes as runs of one value, so we see which bytes arrived.
 func runs(_ bytes: UnsafeRawBufferPointer) -> String {
     var parts: [String] = [], start = 0
     for index in 1...bytes.count where index == bytes.count || bytes[index] != bytes[start] {
@@ -111,11 +113,18 @@ func formatNotification(_ cqe: io_uring_cqe) -> String {
     return "user_data=\(cqe.user_data) res=\(res) flags=\(format(cqeFlags: cqe.flags))"
 }
 
+/// Close the sockets, then end the lesson with an error line (no fd left open at exit).
+func stop(_ message: String, closing fds: [Int32]) -> Never {
+    for fd in fds { close(fd) }
+    fail(message)
+}
+
 /// Send all of `buffer` on `client` with IORING_OP_SEND_ZC (from registered buffer `fixed` if
 /// given), print its CQEs, receive on `server` into `received` and print what came; return the
 /// notification's res (nil if there was none).
-func sendZeroCopy(_ ring: Ring, _ buffer: UnsafeMutableRawBufferPointer, zcFlags: UInt32, fixed: UInt32? = nil,
-                  userData: UInt64, client: Int32, server: Int32, received: UnsafeMutableRawBufferPointer) -> Int32? {
+func sendZeroCopy(_ ring: Ring, _ buffer: UnsafeMutableRawBufferPointer, zcFlags: UInt32, fixed: UInt32? = nil, userData: UInt64,
+                  _ sockets: (client: Int32, server: Int32, listener: Int32), received: UnsafeMutableRawBufferPointer) -> Int32? {
+    let (client, server) = (sockets.client, sockets.server)
     let size = buffer.count
     let sqe = getSQE(ring)
     if let fixed {
@@ -129,7 +138,7 @@ func sendZeroCopy(_ ring: Ring, _ buffer: UnsafeMutableRawBufferPointer, zcFlags
     let result = waitCQE(ring, seconds: 5)
     print("  CQE 1, the result:       \(format(result))")
     guard result.user_data == userData, result.flags & IORING_CQE_F_NOTIF == 0 else {
-        fail("expected the result CQE of \(userData) first, got \(format(result))")
+        stop("expected the result CQE of \(userData) first, got \(format(result))", closing: [client, server, sockets.listener])
     }
     // Without F_MORE there is no notification: the send failed before it took the buffer.
     guard result.flags & IORING_CQE_F_MORE != 0 else { print("  no F_MORE: no notification follows"); return nil }
@@ -157,7 +166,7 @@ func sendZeroCopy(_ ring: Ring, _ buffer: UnsafeMutableRawBufferPointer, zcFlags
         print("  CQE 2, the notification: \(formatNotification(notification!))")
     }
     guard let notification, notification.user_data == userData, notification.flags & IORING_CQE_F_NOTIF != 0 else {
-        fail("expected the notification CQE of \(userData)")
+        stop("expected the notification CQE of \(userData)", closing: [client, server, sockets.listener])
     }
     return notification.res
 }
@@ -166,13 +175,16 @@ func sendZeroCopy(_ ring: Ring, _ buffer: UnsafeMutableRawBufferPointer, zcFlags
 // with one letter; it is refilled only after the previous send's notification.
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: Int(sysconf(Int32(_SC_PAGESIZE))))
 buffer.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "a"))
+let sockets = (client: client, server: server, listener: listener.fd)
 print("send_zc 1: \(size) bytes of \"a\", zc_flags 0")
-_ = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2311, client: client, server: server, received: received)
+let first = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2311, sockets, received: received)
 
-// The notification is in: the kernel has let go of the buffer, so we may write into it.
+// The notification is in (or there was none: then the kernel never took the buffer), so the
+// kernel has let go of the buffer and we may write into it.
 buffer.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "b"))
-print("after the notification, the same buffer refilled: send_zc 2: \(size) bytes of \"b\"")
-_ = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2312, client: client, server: server, received: received)
+print((first != nil ? "after the notification" : "send 1 took no buffer (no F_MORE)")
+    + ", the same buffer refilled: send_zc 2: \(size) bytes of \"b\"")
+_ = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2312, sockets, received: received)
 
 // MARK: - 3. Did the kernel avoid the copy? IORING_SEND_ZC_REPORT_USAGE (Linux 6.2)
 //
@@ -181,14 +193,13 @@ _ = sendZeroCopy(ring, buffer, zcFlags: 0, userData: 2312, client: client, serve
 // set when the stack copied our pages, or never used them). Over loopback it is always copied:
 // the receiving socket could keep the data queued for as long as its reader likes, and the sender
 // cannot wait that long for its pages, so the stack copies user pages before it delivers to a
-// local socket (Documentation/networking/msg_zerocopy.rst, "Loopback"). A real NIC can DMA from
-// the pages instead. A kernel without the flag (6.0, 6.1.0 and 6.1.1: it came in 6.2, and the 6.1
+// local socket (Documentation/networking/msg_zerocopy.rst, "Loopback"). On a NIC that can do
+// scatter-gather it can be 0 (not run here). A kernel without the flag (6.0, 6.1.0 and 6.1.1: it came in 6.2, and the 6.1
 // stable series took it in 6.1.2) rejects the send with -EINVAL and one CQE, and the lesson says so.
 
 buffer.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "c"))
 print("send_zc 3: \(size) bytes of \"c\", zc_flags IORING_SEND_ZC_REPORT_USAGE")
-let report = sendZeroCopy(ring, buffer, zcFlags: IORING_SEND_ZC_REPORT_USAGE, userData: 2313,
-                          client: client, server: server, received: received)
+let report = sendZeroCopy(ring, buffer, zcFlags: IORING_SEND_ZC_REPORT_USAGE, userData: 2313, sockets, received: received)
 let reports = report != nil
 switch report {
 case .some(let res) where UInt32(bitPattern: res) & IORING_NOTIF_USAGE_ZC_COPIED != 0:
@@ -216,9 +227,11 @@ if registered == 0 {
     registeredBuffer.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "d"))
     let zcFlags = reports ? IORING_SEND_ZC_REPORT_USAGE : 0
     print("send_zc_fixed 4: \(size) bytes of \"d\" from registered buffer 0, zc_flags \(reports ? "IORING_SEND_ZC_REPORT_USAGE" : "0")")
-    _ = sendZeroCopy(ring, registeredBuffer, zcFlags: zcFlags, fixed: 0, userData: 2314,
-                     client: client, server: server, received: received)
-    // Unregister only after the notification: until then the kernel may still read the pages.
+    _ = sendZeroCopy(ring, registeredBuffer, zcFlags: zcFlags, fixed: 0, userData: 2314, sockets, received: received)
+    // What must wait for the notification is rewriting or freeing the memory (below), not this
+    // call: a send holds its own reference to the registered buffer. (Called early, it returned
+    // at once on 6.18, io_send_zc_import tying the buffer to the notification; on 6.12 and 6.1
+    // it waited for the notification.)
     print("io_uring_unregister_buffers = \(describe(res: io_uring_unregister_buffers(ring)))")
 }
 
