@@ -103,3 +103,86 @@ public func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     if ret != 0 { fail("pthread_create returned \(describe(res: -ret))") }
     return thread
 }
+
+/// The client side of lesson 22's demo (part 1), which is not its subject: one plain blocking
+/// connection on a thread of its own that writes `messages` messages of `size` bytes, each
+/// different, in one send(2), then reads the echo back (5-second timeout) and compares.
+/// `finish()` joins the thread and returns its verdict line.
+public final class BurstClient: Sendable {
+    private let verdict = Mutex<String>(""), thread = Mutex<pthread_t?>(nil)
+    public init(port: UInt16, messages: Int, size: Int) {
+        let started = startThread { [self] in
+            let bytes = (0..<messages * size).map { UInt8(truncatingIfNeeded: ($0 / size) &* 37 &+ $0 % size) }
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            defer { close(fd) }
+            var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            let sent = connected != 0 ? -1 : bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            var echo = [UInt8](repeating: 0, count: bytes.count), received = 0
+            while received < echo.count,
+                  case let n = echo[received...].withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 {
+                received += n
+            }
+            verdict.withLock { $0 = "client: sent \(sent) bytes in one send(2), \(received) came back, "
+                + (echo == bytes ? "every byte in order" : "NOT as sent") }
+        }
+        thread.withLock { $0 = started }
+    }
+    public func finish() -> String {
+        if let thread = thread.withLock({ $0 }) { pthread_join(thread, nil) }
+        return verdict.withLock { $0 }
+    }
+}
+
+/// A buffer ring (lessons 21 and after): `entries` buffers of `bufferSize` bytes, registered as
+/// buffer group `group`, every buffer already in it. Lesson 21 teaches each step; here they are
+/// in one call, for the lessons whose subject is what uses the ring: one anonymous mmap holds the
+/// ring's entries (page-aligned, as the kernel demands) and then the buffers;
+/// io_uring_buf_ring_init; io_uring_register_buf_ring (liburing 2.3 has no
+/// io_uring_setup_buf_ring); io_uring_buf_ring_add of buffer i with id i; one
+/// io_uring_buf_ring_advance. Giving a buffer back after its CQE (add + advance) is the
+/// lesson's. `free()` unregisters the group and unmaps the memory: call it when no request
+/// that selects from the group is in flight.
+public struct BufferRing {
+    public let br: UnsafeMutablePointer<io_uring_buf_ring>, buffers: UnsafeMutableRawPointer
+    public let entries: UInt32, bufferSize: Int, group: UInt16
+    let ring: Ring, mapped: Int
+    /// Buffer `bid`'s memory.
+    public func buffer(_ bid: UInt16) -> UnsafeMutableRawPointer { buffers + Int(bid) * bufferSize }
+    /// The kernel's head, the next entry it will take (IORING_REGISTER_PBUF_STATUS, Linux 6.8;
+    /// lesson 21), or -errno (-EINVAL before 6.8). Like the tail, a free-running 16-bit counter.
+    public func kernelHead() -> Int32 {
+        var status = lab_io_uring_buf_status()
+        status.buf_group = UInt32(group)
+        let ret = io_uring_register(UInt32(ring.pointee.ring_fd), UInt32(LAB_IORING_REGISTER_PBUF_STATUS), &status, 1)
+        return ret < 0 ? ret : Int32(status.head)
+    }
+    /// io_uring_unregister_buf_ring's result, then munmap.
+    public func free() -> Int32 {
+        defer { munmap(UnsafeMutableRawPointer(br), mapped) }
+        return io_uring_unregister_buf_ring(ring, Int32(group))
+    }
+}
+
+public func makeBufferRing(_ ring: Ring, entries: UInt32, bufferSize: Int, group: UInt16) -> BufferRing {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let ringBytes = (Int(entries) * MemoryLayout<io_uring_buf>.size + page - 1) / page * page
+    let mapped = ringBytes + Int(entries) * bufferSize
+    guard let memory = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+          memory != UnsafeMutableRawPointer(bitPattern: -1) else { fail("mmap of \(mapped) bytes: \(describe(res: -errno))") }
+    let bufferRing = BufferRing(br: memory.bindMemory(to: io_uring_buf_ring.self, capacity: 1), buffers: memory + ringBytes,
+                                entries: entries, bufferSize: bufferSize, group: group, ring: ring, mapped: mapped)
+    io_uring_buf_ring_init(bufferRing.br)
+    var reg = io_uring_buf_reg()  // copied by the kernel during the call
+    (reg.ring_addr, reg.ring_entries, reg.bgid) = (UInt64(UInt(bitPattern: memory)), entries, group)
+    let registered = io_uring_register_buf_ring(ring, &reg, 0)
+    guard registered == 0 else { munmap(memory, mapped); fail("io_uring_register_buf_ring returned \(describe(res: registered))") }
+    for bid in 0..<UInt16(entries) {
+        io_uring_buf_ring_add(bufferRing.br, bufferRing.buffer(bid), UInt32(bufferSize), bid, io_uring_buf_ring_mask(entries), Int32(bid))
+    }
+    io_uring_buf_ring_advance(bufferRing.br, Int32(entries))
+    return bufferRing
+}
