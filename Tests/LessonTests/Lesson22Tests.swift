@@ -146,18 +146,8 @@ final class Lesson22Tests: XCTestCase {
     /// A port in use, a port out of range, a port that is not a number, extra arguments,
     /// --seconds alone: one error line each, exit 1.
     func testBadInput() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        XCTAssert(bound && listen(fd, 1) == 0, "the test's own listener")
-        let busy = UInt16(bigEndian: address.sin_port)
-        try Lesson("22").run(["--port", "\(busy)"]).assertError(mentioning: "127.0.0.1:\(busy)", "EADDRINUSE")
+        let busy = try BusyPort()  // a port in use: a listener of the test's own
+        try Lesson("22").run(["--port", "\(busy.port)"]).assertError(mentioning: "127.0.0.1:\(busy.port)", "EADDRINUSE")
         try Lesson("22").run(["--port", "70000"]).assertError(mentioning: "--port", "70000")
         try Lesson("22").run(["--port", "abc"]).assertError(mentioning: "--port", "\"abc\"")
         try Lesson("22").run(["extra"]).assertError(mentioning: "too many arguments", "usage")

@@ -77,3 +77,29 @@ final class TestSocket {
         if !closed { Glibc.close(fd); closed = true }
     }
 }
+
+/// A socket of the test's own listening on 127.0.0.1 at a port the kernel chose: a port in use,
+/// for the servers' bad-input tests. Closed when the value goes away.
+final class BusyPort {
+    let fd: Int32
+    let port: UInt16
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = fd >= 0 && withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        (self.fd, port) = (fd, UInt16(bigEndian: address.sin_port))
+        guard listening else {
+            let error = String(cString: strerror(errno))  // deinit closes the fd
+            throw HarnessError("the test's own listener on 127.0.0.1: \(error)")
+        }
+    }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+}
