@@ -1,14 +1,12 @@
 // Lesson 18: an echo server, as a state machine keyed by user_data
 //
-// Many connections, many requests in flight, and the CQ hands back their completions in the
-// order they finish. A CQE says which request it was only through the user_data we gave the SQE,
-// so that is where the server keeps its place: user_data names a connection (its slot in a table)
-// and the kind of request, and `handle` decides from those two what comes next:
+// Many requests in flight, and CQEs in the order they finish. A CQE names its request only by
+// the user_data we gave the SQE, so that names a connection (its slot) and the kind of request,
+// and `handle` decides from those two what comes next, one request per connection at a time:
 //
 //     accept ─▶ recv ─▶ send ─▶ recv ─▶ send ─▶ ... ─▶ close
 //
-// One request in flight per connection, one buffer per connection at a stable address. With no
-// arguments the lesson runs its own clients against itself; with --port P or --seconds S it serves.
+// No arguments: a demo with its own clients. --port P or --seconds S: a server.
 
 import Glibc
 import CLiburing
@@ -23,9 +21,8 @@ let portOption = numberOption("--port", in: arguments, 0...65535)
 let secondsOption = numberOption("--seconds", in: arguments, 1...86_400)
 let clock = ContinuousClock()
 
-// MARK: - 1. The ring and the listener (IORING_OP_SOCKET, in LabNet's listenOnLoopback: 5.19)
-//
-// 128 SQEs: 64 connections with one request each, the accept and a few closes never fill it.
+// MARK: - 1. The ring (128 SQEs: 64 connections with one request each, the accept and a few
+// closes never fill it) and the listener (IORING_OP_SOCKET, in LabNet's listenOnLoopback: 5.19)
 
 let ring = makeRing(entries: 128)
 requireOpcodes(ring, IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_CLOSE, IORING_OP_ASYNC_CANCEL)
@@ -81,8 +78,7 @@ final class EchoServer {
     var inFlight = 0  // requests queued whose CQE has not come: +1 in queue, -1 in handle
     var stopping = false, acceptPaused = false  // paused: out of fds, no accept in flight
     var printEvents = false  // serving mode: a line per connection opened and closed
-    var traced: Set<Int> = [], traces: [Int: [String]] = [:]  // the demo: every CQE of these
-    var stopLines: [Request: String] = [:]
+    var traced: Set<Int> = [], traces: [Int: [String]] = [:], stopLines: [Request: String] = [:]
 
     init(ring: Ring, listenFD: Int32) { (self.ring, self.listenFD) = (ring, listenFD) }
 
@@ -109,10 +105,7 @@ final class EchoServer {
     func queueClose(_ c: Connection) { queue(.close, slot: c.slot) { io_uring_prep_close($0, c.fd) } }
     func closeListener() { queue(.closeListener) { io_uring_prep_close($0, listenFD) } }
 
-    func event(_ line: String) {  // a line at once, even into a pipe: someone may be waiting for it
-        print(line)
-        fflush(nil)
-    }
+    func event(_ line: String) { print(line); fflush(nil) }  // at once, even into a pipe: a test may wait for it
     func trace(_ c: Connection, _ request: String, _ cqe: io_uring_cqe, _ next: String) {
         if traced.contains(c.id) { traces[c.id, default: []].append("  \(request): \(format18(cqe)) -> \(next)") }
     }
@@ -223,10 +216,8 @@ final class EchoServer {
         resumeAccepting()
     }
 
-    // MARK: - 6. The loop: submit and wait (at most a second), then handle every CQE there is
-    //
-    // liburing 2.3's io_uring_submit_and_wait_timeout returns how many SQEs it submitted, not
-    // whether a CQE came: so the loop always peeks until the CQ is empty.
+    // MARK: - 6. The loop: submit, wait at most a second, handle every CQE there is (liburing 2.3's
+    // io_uring_submit_and_wait_timeout returns the SQEs it submitted, not whether a CQE came)
 
     func run(until done: () -> Bool, deadline: ContinuousClock.Instant?) -> Bool {
         var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
@@ -248,9 +239,8 @@ final class EchoServer {
         return true
     }
 
-    // MARK: - 7. Stopping: one cancel for everything that waits; each CQE then closes its fd
-    //
-    // Stopped when nothing is in flight: every connection and the listener are closed by then.
+    // MARK: - 7. Stopping: one cancel for all that waits; each CQE then closes its fd. Nothing in
+    // flight: every connection and the listener are closed.
 
     func stop() {
         stopping = true
@@ -342,7 +332,6 @@ print("connections 3-10 echoed \(echoConnections.reduce(0) { $0 + $1.echoed }) b
 print("their clients: \(echoed) of 400 echoes came back byte for byte" + problems.map { "; \($0)" }.joined())
 print("the demo took \(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000) ms")
 server.finish()
-let resetterOK = resetterEchoed.load(ordering: .relaxed)
-guard allClosed, problems.isEmpty, resetterOK else {
+guard allClosed, problems.isEmpty, resetterEchoed.load(ordering: .relaxed) else {
     fail(!allClosed ? "the clients did not finish within 10 s" : problems.first ?? "client 1's echo did not come back")
 }

@@ -210,7 +210,7 @@ final class Lesson18Tests: XCTestCase {
         XCTAssertEqual(run.status, 0, run.transcript)
         let lines = run.stdoutLines
         XCTAssert(lines.first?.hasPrefix("listening on 127.0.0.1:") == true, run.transcript)
-        XCTAssert(lines.contains { $0.hasPrefix("serving for 1 s; try: nc 127.0.0.1 ") }, run.transcript)
+        XCTAssert(lines.contains { $0.hasPrefix("serving for 1 s; try: nc -N 127.0.0.1 ") }, run.transcript)
         XCTAssertEqual(lines.last, "served 0 connections, refused 0", run.transcript)
     }
 
