@@ -279,8 +279,8 @@ if portOption != nil || secondsOption != nil {
 
 // MARK: - 9. The demo: ten clients, threads of this process with plain calls (not the lesson)
 //
-// They connect one after another from this thread, so the accept queue (first in, first out)
-// gives them ids 1 to 10: 1 sends a line, reads the echo, resets; 2 sends and never reads, until
+// They connect one at a time (1 and 2 from this thread), so the accept queue (first in, first
+// out) gives them ids 1 to 10: 1 sends a line, reads the echo, resets; 2 sends and never reads, until
 // it is stuck for 50 ms, then closes; 3-10 are LabNet's EchoClients, every echo checked.
 
 func connectPlainly() -> Int32 {  // every wait of the socket limited to 5 s
