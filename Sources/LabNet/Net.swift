@@ -62,25 +62,49 @@ public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -
 /// each with a plain blocking connection to 127.0.0.1:`port` (5-second timeouts: no wait is
 /// unbounded) sending `messages` messages of `size` bytes one at a time and reading each echo
 /// back. `finish()` joins them: the count of echoes that came back byte for byte, and what failed.
+/// Numbering: the clients connect one at a time, in order (client k waits until client k - 1
+/// has connected, or failed to), so the listener's accept queue (first in, first out) holds
+/// them in that order, and client k (`firstID`, `firstID` + 1, ...) is the k-th connection a
+/// server accepts if it numbers its connections from 1 in accept order, `firstID` - 1
+/// connected before and nothing else connects meanwhile. Each connects on its own thread: on
+/// the thread that submits to a ring, a blocking connect with a timeout can end with EINTR when
+/// a request completes (seen in lesson 22, whose multishot accept is armed: io_uring has that
+/// thread run the completion, and no signal is delivered). A problem line names client k, the
+/// message, and what failed: the send's or the recv's errno, or "end of file".
 public final class EchoClients: Sendable {
     private let threads = Mutex<[pthread_t]>([]), echoed = Atomic<Int>(0), problems = Mutex<[String]>([])
+    private let connectsDone = Atomic<Int>(0)
 
-    public init(port: UInt16, clients: Int, messages: Int, size: Int) {
-        for client in 0..<clients {
+    public init(port: UInt16, clients: Int, messages: Int, size: Int, firstID: Int = 1) {
+        for client in firstID..<firstID + clients {
             let thread = startThread { [self] in
+                while connectsDone.load(ordering: .acquiring) < client - firstID { usleep(100) }  // the one before first
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
                 defer { close(fd) }
                 var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
                 setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
                 setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
                 let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-                guard connected == 0 else { return problems.withLock { $0.append("client \(client): connect: \(describe(res: -errno))") } }
+                let error = errno
+                connectsDone.add(1, ordering: .releasing)
+                guard connected == 0 else { return problems.withLock { $0.append("client \(client): connect: \(describe(res: -error))") } }
                 for message in 0..<messages {
                     let bytes = (0..<size).map { UInt8(truncatingIfNeeded: client &* 131 &+ message &* 7 &+ $0) }
-                    var echo = [UInt8](repeating: 0, count: size), sent = 0, received = 0
-                    while sent < size, case let n = bytes[sent...].withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }), n > 0 { sent += n }
-                    while received < size, case let n = echo[received...].withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 { received += n }
-                    guard echo == bytes else { return problems.withLock { $0.append("client \(client): message \(message): sent \(sent), echoed \(received) bytes\(received == size ? ", different" : "")") } }
+                    var echo = [UInt8](repeating: 0, count: size), sent = 0, received = 0, failure = ""
+                    while sent < size {
+                        let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        if n <= 0 { failure = "send: \(describe(res: -errno))"; break }
+                        sent += n
+                    }
+                    while failure.isEmpty && received < size {
+                        let n = echo[received...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                        if n <= 0 { failure = n == 0 ? "recv: end of file" : "recv: \(describe(res: -errno))"; break }
+                        received += n
+                    }
+                    guard echo == bytes else {
+                        let what = failure.isEmpty ? "different" : failure
+                        return problems.withLock { $0.append("client \(client): message \(message): sent \(sent), echoed \(received) bytes; \(what)") }
+                    }
                     echoed.add(1, ordering: .relaxed)
                 }
             }
