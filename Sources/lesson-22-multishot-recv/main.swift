@@ -308,7 +308,7 @@ if servePort != nil {
     print("part 2: \(clients) clients x \(messages) messages of \(bufferSize) bytes, each echoed before the next is sent")
     (server.logData, server.logEvents) = (false, false)
     let start = now()
-    let echoClients = EchoClients(port: listener.port, clients: clients, messages: messages, size: bufferSize)
+    let echoClients = EchoClients(port: listener.port, clients: clients, messages: messages, size: bufferSize, firstID: 2)
     let partTwo = server.run(seconds: 10) { server.closed == 1 + clients }
     let (echoed, problems) = echoClients.finish()
     let seconds = now() - start

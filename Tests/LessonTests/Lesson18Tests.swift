@@ -216,20 +216,8 @@ final class Lesson18Tests: XCTestCase {
 
     /// Bad input: one `error:` line and exit 1.
     func testBadInput() throws {
-        // A port in use: a listener of the test's own on 127.0.0.1, port chosen by the kernel.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        XCTAssert(bound, "the test's own listener")
-        let busy = String(UInt16(bigEndian: address.sin_port))
+        let listener = try BusyPort()  // a port in use: a listener of the test's own
+        let busy = String(listener.port)
         let inUse = try Lesson("18").run(["--port", busy])
         try inUse.skipIfSkipped()
         inUse.assertError(mentioning: "127.0.0.1:\(busy)", "-EADDRINUSE (-98)")
