@@ -64,7 +64,8 @@ public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -
 /// back. `finish()` joins them: the count of echoes that came back byte for byte, and what failed.
 /// Numbering: the clients connect one at a time, in order (client k waits until client k - 1
 /// has connected, or failed to), so the listener's accept queue (first in, first out) holds
-/// them in that order, and client k (`firstID`, `firstID` + 1, ...) is the k-th connection a
+/// them in that order (in practice, on loopback: connect returns once the handshake is done),
+/// and client k (`firstID`, `firstID` + 1, ...) is the k-th connection a
 /// server accepts if it numbers its connections from 1 in accept order, `firstID` - 1
 /// connected before and nothing else connects meanwhile. Each connects on its own thread: on
 /// the thread that submits to a ring, a blocking connect with a timeout can end with EINTR when

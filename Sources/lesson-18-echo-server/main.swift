@@ -145,7 +145,11 @@ final class EchoServer {
             acceptPaused = true
             return event("accept: \(format18(cqe)); accepting again after the next close")
         }
-        guard cqe.res >= 0 else { close(listenFD); fail("accept: \(format18(cqe))") }
+        guard cqe.res >= 0 else {  // close what is open, then stop
+            for c in slots.compactMap({ $0 }) { close(c.fd) }
+            close(listenFD)
+            fail("accept: \(format18(cqe))")
+        }
         if let slot = (1...Self.maxConnections).first(where: { slots[$0] == nil }) {
             accepted += 1
             let c = Connection(id: accepted, slot: slot, fd: cqe.res, buffer: UnsafeMutableRawBufferPointer(

@@ -116,7 +116,7 @@ final class Server {
         case (.cancel, _):  // the cancel's own CQE: 0 found it, -ENOENT it had ended already
             cancels -= 1
             if id == 0 || logEvents { printCQE(cqe, id == 0 ? "cancel accept" : "cancel conn \(id)") }
-        default: break
+        default: fail("a CQE for no connection: \(format(cqe))")  // a bug: every request has its connection
         }
     }
 
