@@ -58,6 +58,19 @@ public func listenOnLoopback(_ ring: Ring, port: UInt16, backlog: Int32 = 128) -
     return (fd, localPort(fd), inRing ? "IORING_OP_BIND and IORING_OP_LISTEN" : "bind(2) and listen(2): this kernel lacks IORING_OP_BIND (6.11)")
 }
 
+/// A plain blocking TCP connection to 127.0.0.1:`port`, with 5-second send and receive timeouts
+/// so that no wait of a demo client is unbounded: the fd, or -errno.
+public func plainConnection(port: UInt16) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return -errno }
+    var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+    let ret = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    if ret != 0 { let error = errno; close(fd); return -error }
+    return fd
+}
+
 /// The client side of lessons 18 and 22's demos, which is not their subject: `clients` threads,
 /// each with a plain blocking connection to 127.0.0.1:`port` (5-second timeouts: no wait is
 /// unbounded) sending `messages` messages of `size` bytes one at a time and reading each echo
@@ -80,15 +93,10 @@ public final class EchoClients: Sendable {
         for client in firstID..<firstID + clients {
             let thread = startThread { [self] in
                 while connectsDone.load(ordering: .acquiring) < client - firstID { usleep(100) }  // the one before first
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-                defer { close(fd) }
-                var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-                let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-                let error = errno
+                let fd = plainConnection(port: port)
                 connectsDone.add(1, ordering: .releasing)
-                guard connected == 0 else { return problems.withLock { $0.append("client \(client): connect: \(describe(res: -error))") } }
+                guard fd >= 0 else { return problems.withLock { $0.append("client \(client): connect: \(describe(res: fd))") } }
+                defer { close(fd) }
                 for message in 0..<messages {
                     let bytes = (0..<size).map { UInt8(truncatingIfNeeded: client &* 131 &+ message &* 7 &+ $0) }
                     var echo = [UInt8](repeating: 0, count: size), sent = 0, received = 0, failure = ""
@@ -138,14 +146,9 @@ public final class BurstClient: Sendable {
     public init(port: UInt16, messages: Int, size: Int) {
         let started = startThread { [self] in
             let bytes = (0..<messages * size).map { UInt8(truncatingIfNeeded: ($0 / size) &* 37 &+ $0 % size) }
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-            defer { close(fd) }
-            var address = loopbackAddress(port: port), limit = timeval(tv_sec: 5, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            let sent = connected != 0 ? -1 : bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let fd = plainConnection(port: port)
+            defer { if fd >= 0 { close(fd) } }
+            let sent = fd < 0 ? -1 : bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             var echo = [UInt8](repeating: 0, count: bytes.count), received = 0
             while received < echo.count,
                   case let n = echo[received...].withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 {
@@ -159,6 +162,45 @@ public final class BurstClient: Sendable {
     public func finish() -> String {
         if let thread = thread.withLock({ $0 }) { pthread_join(thread, nil) }
         return verdict.withLock { $0 }
+    }
+}
+
+/// Lesson 18's other two demo clients (not its subject). Each connects before `init` returns, on
+/// the caller's thread, so that the server numbers connections in the order they were made; then
+/// a thread of its own: `.echoThenReset(bytes)` sends the bytes, reads the echo, and closes with
+/// SO_LINGER 0 (a reset, not a FIN); `.sendWithoutReading` writes 64 KiB at a time and never
+/// reads, until its socket has stayed full for 50 ms (2 s at most), then closes. `finish()` joins
+/// the thread: whether the echo came back intact (always false for `.sendWithoutReading`).
+public final class DemoClient: Sendable {
+    public enum Behaviour: Sendable { case echoThenReset([UInt8]), sendWithoutReading }
+    private let thread = Mutex<pthread_t?>(nil), echoed = Atomic<Bool>(false)
+
+    public init(port: UInt16, _ behaviour: Behaviour) {
+        let fd = plainConnection(port: port)
+        if fd < 0 { fail("connect to 127.0.0.1:\(port): \(describe(res: fd))") }
+        let started = startThread { [self] in
+            defer { close(fd) }
+            switch behaviour {
+            case .echoThenReset(let bytes):
+                var echo = [UInt8](repeating: 0, count: bytes.count)
+                let sent = send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)), received = recv(fd, &echo, echo.count, Int32(MSG_WAITALL))
+                echoed.store(sent == bytes.count && received == bytes.count && echo == bytes, ordering: .relaxed)
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            case .sendWithoutReading:
+                _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+                let chunk = [UInt8](repeating: UInt8(ascii: "2"), count: 64 * 1024), giveUp = ContinuousClock.now + .seconds(2)
+                var writable = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                while ContinuousClock.now < giveUp
+                    && (send(fd, chunk, chunk.count, Int32(MSG_NOSIGNAL)) > 0 || errno == EAGAIN && poll(&writable, 1, 50) > 0) {}
+            }
+        }
+        thread.withLock { $0 = started }
+    }
+
+    public func finish() -> Bool {
+        if let thread = thread.withLock({ $0 }) { pthread_join(thread, nil) }
+        return echoed.load(ordering: .relaxed)
     }
 }
 

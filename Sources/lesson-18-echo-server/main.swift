@@ -12,7 +12,6 @@ import Glibc
 import CLiburing
 import LabSupport
 import LabNet
-import Synchronization
 
 let usage = "lesson-18-echo-server [--port P] [--seconds S]  (no options: a demo with its own clients; "
     + "--port or --seconds: serve 127.0.0.1:P (0: any free port) until Ctrl-C or for S seconds)"
@@ -283,44 +282,20 @@ if portOption != nil || secondsOption != nil {
 
 // MARK: - 9. The demo: ten clients, threads of this process with plain calls (not the lesson)
 //
-// They connect one at a time (1 and 2 from this thread), so the accept queue (first in, first
-// out) gives them ids 1 to 10: 1 sends a line, reads the echo, resets; 2 sends and never reads, until
-// it is stuck for 50 ms, then closes; 3-10 are LabNet's EchoClients, every echo checked.
-
-func connectPlainly() -> Int32 {  // every wait of the socket limited to 5 s
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-    var limit = timeval(tv_sec: 5, tv_usec: 0), address = loopbackAddress(port: listener.port)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-    let ret = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    if ret != 0 { fail("connect to 127.0.0.1:\(listener.port): \(describe(res: -errno))") }
-    return fd
-}
+// They connect one at a time (LabNet's DemoClients 1 and 2 from this thread), so the accept queue
+// (first in, first out) gives them ids 1 to 10: 1 sends a line, reads the echo, resets; 2 sends and
+// never reads, until it is stuck for 50 ms, then closes; 3-10 are LabNet's EchoClients, every echo checked.
 
 let started = clock.now
 server.traced = [1]
-let line = Array("a line, then a reset\n".utf8), resetter = connectPlainly(), staller = connectPlainly()
-let resetterEchoed = Atomic<Bool>(false)
-let resetterThread = startThread {  // client 1: send, read the echo, close with SO_LINGER 0 (RST, not FIN)
-    var echo = [UInt8](repeating: 0, count: line.count)
-    let sent = send(resetter, line, line.count, Int32(MSG_NOSIGNAL)), received = recv(resetter, &echo, echo.count, Int32(MSG_WAITALL))
-    resetterEchoed.store(sent == line.count && received == line.count && echo == line, ordering: .relaxed)
-    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-    setsockopt(resetter, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-    close(resetter)
-}
-let stallerThread = startThread {  // client 2: 64 KiB at a time, never a read, until stuck for 50 ms (2 s at most)
-    _ = fcntl(staller, F_SETFL, O_NONBLOCK)
-    let chunk = [UInt8](repeating: UInt8(ascii: "2"), count: 64 * 1024), giveUp = clock.now + .seconds(2)
-    var writable = pollfd(fd: staller, events: Int16(POLLOUT), revents: 0)
-    while clock.now < giveUp && (send(staller, chunk, chunk.count, Int32(MSG_NOSIGNAL)) > 0 || errno == EAGAIN && poll(&writable, 1, 50) > 0) {}
-    close(staller)  // with the echoes unread
-}
+let line = Array("a line, then a reset\n".utf8)
+let resetter = DemoClient(port: listener.port, .echoThenReset(line))  // client 1
+let staller = DemoClient(port: listener.port, .sendWithoutReading)    // client 2
 let clients = EchoClients(port: listener.port, clients: 8, messages: 50, size: 64, firstID: 3)
 
 let allClosed = server.run(until: { server.closed.count + server.refused == 10 }, deadline: clock.now + .seconds(10))
-pthread_join(resetterThread, nil)
-pthread_join(stallerThread, nil)
+let resetterEchoed = resetter.finish()
+_ = staller.finish()
 let (echoed, problems) = clients.finish()
 let elapsed = clock.now - started
 server.stop()
@@ -336,6 +311,6 @@ print("connections 3-10 echoed \(echoConnections.reduce(0) { $0 + $1.echoed }) b
 print("their clients: \(echoed) of 400 echoes came back byte for byte" + problems.map { "; \($0)" }.joined())
 print("the demo took \(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000) ms")
 server.finish()
-guard allClosed, problems.isEmpty, resetterEchoed.load(ordering: .relaxed) else {
+guard allClosed, problems.isEmpty, resetterEchoed else {
     fail(!allClosed ? "the clients did not finish within 10 s" : problems.first ?? "client 1's echo did not come back")
 }
