@@ -29,6 +29,13 @@ let lessons = [
     "lesson-22-multishot-recv",
     "lesson-23-send-zc",
     "lesson-24-udp",
+    "lesson-25-cancellation",
+    "lesson-26-poll",
+    "lesson-27-eventfd",
+    "lesson-28-cq-overflow",
+    "lesson-29-msg-ring",
+    "lesson-30-direct-descriptors",
+    "lesson-31-modern-setup",
 ]
 
 let package = Package(
@@ -45,7 +52,7 @@ let package = Package(
         // skips, temp files, arguments. Never the io_uring call a lesson is about.
         .target(name: "LabSupport", dependencies: ["CLiburing"]),
         // Part IV's sockets where they are not the subject: a loopback listener made through the
-        // ring, the demos' plain blocking clients. Only the networking lessons link it.
+        // ring, the demos' plain blocking clients, a thread. Lessons 17 on link it.
         .target(name: "LabNet", dependencies: ["CLiburing", "LabSupport"]),
         .testTarget(name: "LessonTests"),
     ] + lessons.map { name in

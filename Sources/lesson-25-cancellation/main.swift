@@ -1,0 +1,1 @@
+print("lesson-25-cancellation: not written yet")

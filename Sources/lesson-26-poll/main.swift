@@ -1,0 +1,1 @@
+print("lesson-26-poll: not written yet")

@@ -1,0 +1,1 @@
+print("lesson-27-eventfd: not written yet")

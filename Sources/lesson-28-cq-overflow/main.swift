@@ -1,0 +1,1 @@
+print("lesson-28-cq-overflow: not written yet")

@@ -1,0 +1,1 @@
+print("lesson-29-msg-ring: not written yet")

@@ -1,0 +1,1 @@
+print("lesson-30-direct-descriptors: not written yet")

@@ -1,0 +1,1 @@
+print("lesson-31-modern-setup: not written yet")
