@@ -48,7 +48,9 @@ print("eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC) = fd \(efd)")
 
 // io_uring_register_eventfd is io_uring_register(IORING_REGISTER_EVENTFD) with the fd: a system
 // call, done when it returns. A ring has at most one eventfd: a second registration is -EBUSY.
-print("io_uring_register_eventfd = \(describe(res: io_uring_register_eventfd(ring, efd)))")
+let registered = io_uring_register_eventfd(ring, efd)
+print("io_uring_register_eventfd = \(describe(res: registered))")
+if registered != 0 { stop("io_uring_register_eventfd returned \(describe(res: registered))") }
 print("io_uring_register_eventfd again = \(describe(res: io_uring_register_eventfd(ring, efd)))")
 
 // MARK: - 2. Reading the counter
