@@ -19,6 +19,12 @@
 // `struct statx` and STATX_*: glibc declares them only under _GNU_SOURCE, which the include
 // order above keeps off, so they come from the kernel's header (io_uring_prep_statx needs them).
 #include <linux/stat.h>
+// eventfd(2) and EFD_* (lesson 27): Swift's Glibc module does not import <sys/eventfd.h>.
+#include <sys/eventfd.h>
+// poll(2)'s POLLRDHUP (lesson 26) is declared only under _GNU_SOURCE; its value, as the kernel's EPOLLRDHUP.
+#ifndef POLLRDHUP
+#define POLLRDHUP 0x2000
+#endif
 
 #include <liburing.h>
 

@@ -24,12 +24,9 @@ _ = lessonArguments(usage: "lesson-27-eventfd", max: 0)
 
 // MARK: - 1. An eventfd, and a ring that signals it
 //
-// eventfd(2) is declared in <sys/eventfd.h>, which Swift's Glibc module does not import: the lesson
-// names the C function itself (it takes an unsigned int and an int, and returns the fd). Its
-// flags are O_NONBLOCK and O_CLOEXEC under other names. Non-blocking: a read of a counter of 0
-// fails with EAGAIN instead of waiting, so "no signal" is an answer, not a hang.
-@_silgen_name("eventfd") func eventfd(_ initval: UInt32, _ flags: Int32) -> Int32
-let EFD_NONBLOCK = O_NONBLOCK, EFD_CLOEXEC = O_CLOEXEC
+// eventfd(2) comes from <sys/eventfd.h>, which Swift's Glibc module does not import: the lab's
+// shim (Sources/CLiburing/shim.h) includes it. Non-blocking: a read of a counter of 0 fails with
+// EAGAIN instead of waiting, so "no signal" is an answer, not a hang.
 
 let ring = makeRing(entries: 16)
 requireOpcodes(ring, IORING_OP_NOP, IORING_OP_TIMEOUT, IORING_OP_RECV)
@@ -41,7 +38,7 @@ func stop(_ message: String) -> Never {
     fail(message)
 }
 
-let efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+let efd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
 guard efd >= 0 else { stop("eventfd: \(describe(res: -errno))") }
 heldFds.append(efd)
 print("eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC) = fd \(efd)")
