@@ -26,7 +26,6 @@ final class Lesson28Tests: XCTestCase {
         let rounds = lines.filter { $0.hasPrefix("round ") }
         XCTAssertEqual(rounds, ["round 1: 8 CQEs reaped from the CQ", "round 2: 8 CQEs reaped from the CQ",
                                 "round 3: 5 CQEs reaped from the CQ"], run.transcript)
-        XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
     }
 
     func testHelp() throws {
