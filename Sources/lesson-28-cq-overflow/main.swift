@@ -93,7 +93,7 @@ func makePipe() -> (read: Int32, write: Int32) {
     return (fds[0], fds[1])
 }
 
-let polls = 20, firstPoll: UInt64 = 2801, nop: UInt64 = 2899
+let polls = 20, firstPoll: UInt64 = 2801, nop: UInt64 = 2800
 let pipeFDs = makePipe()
 let submits = armPolls(ring, fd: pipeFDs.read, count: polls, firstUserData: firstPoll, batch: Int(params.sq_entries))
 print("\(polls) polls (POLLIN, user_data \(firstPoll)-\(firstPoll + UInt64(polls) - 1)) armed on an empty pipe "
@@ -109,7 +109,7 @@ print("after the write: \(state(ring))")
 // 5.12 refused it: io_uring_enter returned -EBUSY until the application had reaped enough for
 // the backlog to fit (back-pressure). Since 5.13 the submit is accepted; the new request's
 // CQE joins the back of the overflow list, so completions still come out in the order they
-// were posted. We submit one NOP (user_data 2899) and print what the submit returned.
+// were posted. We submit one NOP (user_data 2800) and print what the submit returned.
 //
 // (liburing's io_uring_submit sees IORING_SQ_CQ_OVERFLOW and adds IORING_ENTER_GETEVENTS to
 // the submit, so the kernel also tries to flush the list: with the CQ full, nothing moves.)
@@ -214,8 +214,11 @@ let pipe2 = makePipe()
 _ = armPolls(big, fd: pipe2.read, count: polls, firstUserData: 2831, batch: Int(sized.sq_entries))
 _ = write(pipe2.write, "x", 1)
 print("sizing: the same \(polls) polls and write: \(state(big))")
-let fits = Int(io_uring_peek_batch_cqe(big, &cqes, UInt32(cqes.count)))
-io_uring_cq_advance(big, UInt32(fits))
+var fits = 0
+while case let count = io_uring_peek_batch_cqe(big, &cqes, UInt32(cqes.count)), count > 0 {
+    fits += Int(count)
+    io_uring_cq_advance(big, count)
+}
 print("sizing: \(fits) CQEs reaped from the CQ: \(state(big))")
 close(pipe2.read)
 close(pipe2.write)

@@ -12,11 +12,11 @@ final class Lesson28Tests: XCTestCase {
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         for line in [
             "after the write: cq ready 8, SQ flags 0x2 (CQ_OVERFLOW)",
-            "io_uring_submit (a NOP, user_data 2899) while overflowed = 1: accepted",
+            "io_uring_submit (a NOP, user_data 2800) while overflowed = 1: accepted",
             "  CQ drained: cq ready 0, SQ flags 0x2 (CQ_OVERFLOW)",
             "  io_uring_get_events = 0: cq ready 8, SQ flags 0x2 (CQ_OVERFLOW)",
             "  io_uring_peek_cqe = 0: cq ready 5, SQ flags 0",
-            "recovered 21 CQEs: polls 2801-2820 once each with res=1 (POLLIN), NOP 2899 once with res=0, last",
+            "recovered 21 CQEs: polls 2801-2820 once each with res=1 (POLLIN), NOP 2800 once with res=0, last",
             "cq overflow (*cq.koverflow) = 0",
             "sizing: the same 20 polls and write: cq ready 20, SQ flags 0",
         ] {
