@@ -238,7 +238,7 @@ for entries: UInt32 in [1, 5, 8, 100, 4096] {
 // a power of two too, and only then compared with the SQ: it may not be smaller. (man 2
 // io_uring_setup says "greater than entries"; this kernel accepts equal, and 5 for an SQ of 8,
 // as the second line shows.) A server with many requests in flight, or multishot requests
-// that post many CQEs each, wants a CQ much larger than its SQ (lesson 28, coming later,
+// that post many CQEs each, wants a CQ much larger than its SQ (lesson 28
 // shows what happens when the CQ fills up).
 print("IORING_SETUP_CQSIZE, entries 8, cq_entries 100 -> \(tryRing(8, flags: IORING_SETUP_CQSIZE, cqEntries: 100))")
 print("IORING_SETUP_CQSIZE, entries 8, cq_entries 5 -> \(tryRing(8, flags: IORING_SETUP_CQSIZE, cqEntries: 5))")

@@ -125,8 +125,8 @@ print("submission order: " + submissionOrder.map { String($0) }.joined(separator
 // machine to stall for 20 ms right here, the timer's CQE would be ready as well, behind the
 // NOPs; the wait below would then simply return it at once.) Here it makes no system call:
 // it reads the CQEs between the CQ head and the CQ tail. Only when it finds no CQE ready while
-// the kernel has flagged completions it could not post yet (a full CQ, lesson 28, coming
-// later) does it make one io_uring_enter to flush them, and look again. After reading them,
+// the kernel has flagged completions it could not post yet (a full CQ, lesson 28)
+// does it make one io_uring_enter to flush them, and look again. After reading them,
 // `io_uring_cq_advance(ring, n)` releases n slots in one step: one store, CQ head plus n,
 // instead of n calls to cqe_seen.
 

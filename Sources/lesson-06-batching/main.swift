@@ -113,7 +113,7 @@ print("io_uring_cq_ready = \(readyAfterFirst): reaped \(firstReaped) CQEs, \(fir
 // and since 5.8 it also sets IORING_SQ_CQ_OVERFLOW in the SQ ring's flags, which is what
 // io_uring_cq_has_overflow reads. Such CQEs reach the CQ only once we have made room and the
 // kernel is entered; kernels before 5.5 simply lose them. (Exercise 1 takes the reaping out;
-// lesson 28, coming later, is about overflow.)
+// lesson 28 is about overflow.)
 //
 // Note the order in the fill condition: we check for work *before* asking for an SQE, because
 // an SQE we took but did not prepare would still be submitted.
