@@ -231,7 +231,7 @@ for (flags, userData) in [(singleIssuer, UInt64(3181)), (singleIssuer | deferTas
 // on the ring's file. io_uring_register_ring_fd puts the ring in a small table of the calling
 // thread's own (16 entries) and returns its index; io_uring_enter with
 // IORING_ENTER_REGISTERED_RING then takes that index instead of an fd, with no lookup.
-// liburing 2.3 keeps the index in the ring's `enter_ring_fd` and sets bit 1 (INT_FLAG_REG_RING)
+// liburing 2.3 keeps the index in the ring's `enter_ring_fd` and sets INT_FLAG_REG_RING (1)
 // in `int_flags`; from then on its submit and wait calls pass the index and the flag by
 // themselves. The index is not an fd: we try it both ways with the raw io_uring_enter.
 
