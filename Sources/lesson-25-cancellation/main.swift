@@ -28,8 +28,8 @@ _ = lessonArguments(usage: "lesson-25-cancellation", max: 0)
 // MARK: - 1. A ring, sockets, a pipe, and names
 //
 // Fixed user_data: 25, then the section, then the request: 2521 is section 2's first request.
-// Sockets A and B are the two ends-to-read of two socketpairs; nothing is written to them
-// unless the lesson says so, so a recv on them waits. Nothing here runs on an io-wq worker
+// Sockets A and B are one end each of two socketpairs (peerA and peerB the other ends); nothing
+// is written to them unless the lesson says so, so a recv on them waits. Nothing here runs on an io-wq worker
 // before section 7: a recv or read that has to wait is armed on the file's poll wait queue.
 
 let ring = makeRing(entries: 16)
