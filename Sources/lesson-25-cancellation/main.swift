@@ -1,1 +1,301 @@
-print("lesson-25-cancellation: not written yet")
+// Lesson 25: cancellation
+//
+// A cancel is a request like any other: IORING_OP_ASYNC_CANCEL names its target (by user_data,
+// by file, or "anything"), the kernel searches the places where a request can wait, and two
+// CQEs answer. The target's says how *it* ended: -ECANCELED if the kernel stopped it, or
+// whatever it ended with if it was too far along to stop. The cancel's own says what the search
+// found: 0 (found, and stopped), a count (with IORING_ASYNC_CANCEL_ALL or _ANY), -ENOENT
+// (nothing to find: never submitted, or already completed) or -EALREADY (found it running on an
+// io-wq worker; asked it to stop; its CQE comes when it ends). io_uring_register_sync_cancel
+// (Linux 6.0) runs the same search inside a system call and waits, within a time limit, until
+// the target is gone.
+//
+// Every target is really in flight when its cancel comes: a recv on an empty socket, a read of
+// an empty pipe, a timer 100 s away, a splice stuck on an io-wq worker. CQEs are printed in the
+// order they arrived, numbered from 1 in each section.
+//
+// Read next: man 3 io_uring_prep_cancel (cancel64 and cancel_fd are on it),
+// man 3 io_uring_register_sync_cancel, man 3 io_uring_prep_recv_multishot,
+// man 2 io_uring_enter (IORING_OP_ASYNC_CANCEL).
+
+import Glibc
+import CLiburing
+import LabSupport
+import LabNet
+
+_ = lessonArguments(usage: "lesson-25-cancellation", max: 0)
+
+// MARK: - 1. A ring, sockets, a pipe, and names
+//
+// Fixed user_data: 25, then the section, then the request: 2521 is section 2's first request.
+// Sockets A and B are one end each of two socketpairs (peerA and peerB the other ends); nothing
+// is written to them unless the lesson says so, so a recv on them waits. Nothing here runs on an io-wq worker
+// before section 7: a recv or read that has to wait is armed on the file's poll wait queue.
+
+let ring = makeRing(entries: 16)
+requireOpcodes(ring, IORING_OP_ASYNC_CANCEL, IORING_OP_RECV, IORING_OP_READ, IORING_OP_TIMEOUT,
+               IORING_OP_SPLICE, IORING_OP_SOCKET)
+var probe = io_uring_sync_cancel_reg()  // a sync cancel of nothing: -ENOENT since 6.0, -EINVAL before
+probe.addr = 2500
+if io_uring_register_sync_cancel(ring, &probe) == -EINVAL { skip("IORING_REGISTER_SYNC_CANCEL needs Linux 6.0") }
+
+// The helpers below are @MainActor: they use the lesson's globals, which live on its one thread.
+var heldFds: [Int32] = []  // closed by stop() before it fails
+@MainActor func stop(_ message: String) -> Never {
+    for fd in heldFds { close(fd) }
+    fail(message)
+}
+var pair: [Int32] = [-1, -1], pipeFDs: [Int32] = [-1, -1]
+guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else { fail("socketpair: \(describe(res: -errno))") }
+let (socketA, peerA) = (pair[0], pair[1])
+heldFds += pair
+guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else { stop("socketpair: \(describe(res: -errno))") }
+let (socketB, peerB) = (pair[0], pair[1])
+heldFds += pair
+guard pipe(&pipeFDs) == 0 else { stop("pipe: \(describe(res: -errno))") }
+heldFds += pipeFDs
+
+// Buffers and the timer's timespec stay at one address until the lesson ends, long after every
+// CQE of a request that points at them.
+let buffers = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 8, alignment: 8)
+@MainActor func buffer(_ n: Int) -> UnsafeMutableRawPointer { buffers.baseAddress! + 64 * n }
+let farAway = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
+farAway.initialize(to: __kernel_timespec(tv_sec: 100, tv_nsec: 0))
+
+let names: [UInt64: String] = [
+    2521: "recv (socket A)", 2522: "cancel user_data=2521", 2523: "timeout 100 s", 2524: "cancel user_data=2523",
+    2525: "cancel user_data=2521, again", 2526: "cancel user_data=2529, never submitted",
+    2531: "recv (socket A)", 2532: "cancel user_data=2531, ALL", 2533: "cancel user_data=2531, ALL, again",
+    2541: "recv (socket A)", 2542: "recv (socket A)", 2543: "recv (slot 0: socket B)", 2544: "timeout 100 s",
+    2545: "read (empty pipe)", 2546: "cancel_fd socket A", 2547: "cancel_fd socket A, ALL",
+    2548: "cancel_fd slot 0, FD_FIXED", 2549: "cancel ANY",
+    2551: "multishot recv", 2552: "cancel user_data=2551", 2561: "recv (socket A)",
+    2571: "splice (socket A -> pipe)", 2572: "splice (socket B -> pipe)", 2573: "cancel user_data=2572",
+]
+
+@MainActor func prepare(_ userData: UInt64, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) {
+    let sqe = getSQE(ring)
+    prep(sqe)
+    io_uring_sqe_set_data64(sqe, userData)
+}
+var cqeNumber = 0  // the CQEs' arrival order within a section
+@MainActor func section(_ title: String) { print(title); cqeNumber = 0 }
+/// Submit what is queued (`submitted` SQEs), then wait for `count` CQEs and print each as it arrives.
+@discardableResult @MainActor
+func submitAndReap(_ submitted: Int, _ count: Int) -> [io_uring_cqe] {
+    if submitted > 0 { checkSubmit(io_uring_submit(ring), submitted) }
+    return (0..<count).map { _ in
+        let cqe = waitCQE(ring, seconds: 5)
+        cqeNumber += 1
+        printCQE(cqe, "CQE \(cqeNumber): \(names[cqe.user_data] ?? "?")")
+        return cqe
+    }
+}
+
+// MARK: - 2. Cancel by user_data
+//
+// io_uring_prep_cancel64(sqe, user_data, 0) finds the one request submitted with that
+// user_data. The recv waits for data in the socket's poll wait queue (and in the ring's table
+// of poll-armed requests, where the cancel finds it); the timer waits in the ring's list of
+// timeouts. Each target is submitted first, its cancel in a second submit: the target is
+// surely waiting when the cancel is searched for. Two CQEs per pair: the cancel's 0 (found
+// and stopped) and the target's -ECANCELED. A user_data that nothing holds any more gives
+// -ENOENT: 2521, whose CQE we have just read, and 2529, never used.
+
+section("2. cancel by user_data: io_uring_prep_cancel64(sqe, user_data, 0)")
+prepare(2521) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
+submitAndReap(1, 0)
+prepare(2522) { io_uring_prep_cancel64($0, 2521, 0) }
+submitAndReap(1, 2)
+prepare(2523) { io_uring_prep_timeout($0, farAway, 0, 0) }
+submitAndReap(1, 0)
+prepare(2524) { io_uring_prep_cancel64($0, 2523, 0) }
+submitAndReap(1, 2)
+prepare(2525) { io_uring_prep_cancel64($0, 2521, 0) }
+prepare(2526) { io_uring_prep_cancel64($0, 2529, 0) }
+submitAndReap(2, 2)
+
+// MARK: - 3. IORING_ASYNC_CANCEL_ALL: every request with that user_data
+//
+// user_data need not be unique. Three recvs on socket A share 2531; without a flag a cancel
+// stops the first it finds, with IORING_ASYNC_CANCEL_ALL (5.19) every one, and its res is the
+// count. With ALL, finding nothing is not an error: res 0, where a plain cancel says -ENOENT.
+
+section("3. IORING_ASYNC_CANCEL_ALL: three recvs share user_data=2531")
+for n in 1...3 { prepare(2531) { io_uring_prep_recv($0, socketA, buffer(n), 64, 0) } }
+submitAndReap(3, 0)
+prepare(2532) { io_uring_prep_cancel64($0, 2531, Int32(IORING_ASYNC_CANCEL_ALL)) }
+submitAndReap(1, 4)
+prepare(2533) { io_uring_prep_cancel64($0, 2531, Int32(IORING_ASYNC_CANCEL_ALL)) }
+submitAndReap(1, 1)
+
+// MARK: - 4. IORING_ASYNC_CANCEL_FD, _FD_FIXED and _ANY
+//
+// io_uring_prep_cancel_fd(sqe, fd, flags) sets IORING_ASYNC_CANCEL_FD (5.19): the kernel takes
+// the fd's file and cancels a request working on that file, whatever its user_data. Alone it
+// stops one (which one: the first in the kernel's own tables, not the first submitted); with
+// ALL, every one. Timeouts have no file and are never matched by fd. With
+// IORING_ASYNC_CANCEL_FD_FIXED the number is a slot of the ring's file table (lesson 13), for
+// requests made with IOSQE_FIXED_FILE. IORING_ASYNC_CANCEL_ANY matches every request of the
+// ring; it implies ALL, and its res is the count.
+
+section("4. IORING_ASYNC_CANCEL_FD, _FD_FIXED, _ANY: five requests in flight")
+var slots: [Int32] = [socketB]
+let registered = io_uring_register_files(ring, &slots, 1)  // the kernel copies the array
+guard registered == 0 else { stop("io_uring_register_files returned \(describe(res: registered))") }
+prepare(2541) { io_uring_prep_recv($0, socketA, buffer(4), 64, 0) }
+prepare(2542) { io_uring_prep_recv($0, socketA, buffer(5), 64, 0) }
+prepare(2543) { io_uring_prep_recv($0, 0, buffer(6), 64, 0); io_uring_sqe_set_flags($0, IOSQE_FIXED_FILE) }
+prepare(2544) { io_uring_prep_timeout($0, farAway, 0, 0) }
+prepare(2545) { io_uring_prep_read($0, pipeFDs[0], buffer(7), 64, 0) }
+submitAndReap(5, 0)
+prepare(2546) { io_uring_prep_cancel_fd($0, socketA, 0) }
+submitAndReap(1, 2)
+prepare(2547) { io_uring_prep_cancel_fd($0, socketA, IORING_ASYNC_CANCEL_ALL) }
+submitAndReap(1, 2)
+prepare(2548) { io_uring_prep_cancel_fd($0, 0, IORING_ASYNC_CANCEL_FD_FIXED) }
+submitAndReap(1, 2)
+prepare(2549) { io_uring_prep_cancel64($0, 0, Int32(IORING_ASYNC_CANCEL_ANY)) }
+submitAndReap(1, 3)
+_ = io_uring_unregister_files(ring)
+
+// MARK: - 5. Cancelling a multishot recv
+//
+// A multishot recv (lesson 22) on a TCP connection takes its buffers from a ring of two
+// (lesson 21's steps, in LabNet's makeBufferRing). Two messages use both, and none is given
+// back; then the cancel. Its last CQE is the one without F_MORE. What that last CQE is depends
+// on the kernel: one that stays armed until more data comes (this lesson saw 6.12 and 6.18 do
+// so on TCP) answers the cancel with 0 and ends with -ECANCELED; one that tries again at once
+// for the next message finds no buffer, ends with -ENOBUFS before the cancel is even
+// submitted, and the cancel finds nothing (-ENOENT; seen on 6.1). The loop reads CQEs until it
+// has both the cancel's and the recv's last, whichever comes first.
+
+section("5. cancelling a multishot recv: TCP on 127.0.0.1, a buffer ring of 2 buffers")
+let (listener, port, _) = listenOnLoopback(ring, port: 0)
+heldFds.append(listener)
+let client = plainConnection(port: port)
+guard client >= 0 else { stop("connect to 127.0.0.1:\(port): \(describe(res: client))") }
+heldFds.append(client)
+let server = accept(listener, nil, nil)  // the connection is not the subject: a plain accept(2)
+guard server >= 0 else { stop("accept: \(describe(res: -errno))") }
+heldFds.append(server)
+let bufferRing = makeBufferRing(ring, entries: 2, bufferSize: 64, group: 25)
+prepare(2551) {
+    io_uring_prep_recv_multishot($0, server, nil, 0, 0)
+    io_uring_sqe_set_flags($0, IOSQE_BUFFER_SELECT)
+    $0.pointee.buf_group = 25
+}
+checkSubmit(io_uring_submit(ring), 1)
+var multishotEnded = false
+for message in ["first\n", "second\n"] {
+    guard send(client, message, message.utf8.count, Int32(MSG_NOSIGNAL)) == message.utf8.count else { stop("send: \(describe(res: -errno))") }
+    let cqe = submitAndReap(0, 1)[0]
+    if cqe.res > 0 && cqe.flags & IORING_CQE_F_BUFFER != 0 {
+        let bid = UInt16(cqe.flags >> IORING_CQE_BUFFER_SHIFT)
+        print("  buffer \(bid) holds \(quoted(UnsafeRawBufferPointer(start: bufferRing.buffer(bid), count: Int(cqe.res))))")
+    }
+    multishotEnded = multishotEnded || cqe.flags & IORING_CQE_F_MORE == 0
+}
+print("both buffers used and none given back; now the cancel")
+prepare(2552) { io_uring_prep_cancel64($0, 2551, 0) }
+checkSubmit(io_uring_submit(ring), 1)
+var cancelAnswered = false
+while !cancelAnswered || !multishotEnded {
+    let cqe = submitAndReap(0, 1)[0]
+    if cqe.user_data == 2552 { cancelAnswered = true } else { multishotEnded = cqe.flags & IORING_CQE_F_MORE == 0 }
+}
+print("the multishot recv has ended: its last CQE came without F_MORE")
+_ = bufferRing.free()  // nothing selects from group 25 any more
+
+// MARK: - 6. io_uring_register_sync_cancel: the search inside a system call
+//
+// io_uring_register_sync_cancel(ring, &reg) (Linux 6.0, IORING_REGISTER_SYNC_CANCEL) takes a
+// struct io_uring_sync_cancel_reg: addr (the user_data), fd, flags (the same IORING_ASYNC_CANCEL_*),
+// and timeout, how long it may wait for a running target to finish ({-1, -1}: no limit). There
+// is no cancel SQE and no cancel CQE: the call returns what the cancel's res would be. The
+// target's CQE is still a CQE, and it is already in the CQ when the call returns.
+
+section("6. io_uring_register_sync_cancel: no SQE, the call returns the answer")
+prepare(2561) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
+submitAndReap(1, 0)
+@MainActor func syncCancel(_ userData: UInt64, timeout: __kernel_timespec) -> (ret: Int32, milliseconds: Int64) {
+    var reg = io_uring_sync_cancel_reg()  // the kernel copies it during the call; pad stays zero
+    (reg.addr, reg.timeout) = (userData, timeout)
+    let started = ContinuousClock.now
+    let ret = io_uring_register_sync_cancel(ring, &reg)
+    let elapsed = (ContinuousClock.now - started).components
+    return (ret, elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000)
+}
+let oneSecond = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
+var answer = syncCancel(2561, timeout: oneSecond)
+print("io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = \(describe(res: answer.ret)); CQEs ready: \(io_uring_cq_ready(ring))")
+submitAndReap(0, 1)
+answer = syncCancel(2561, timeout: oneSecond)
+print("io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = \(describe(res: answer.ret))")
+
+// MARK: - 7. A request already running: -EALREADY, and a sync cancel that times out
+//
+// A splice (IORING_OP_SPLICE) always runs on an io-wq worker, a kernel thread of this process
+// (iou-wrk-PID) that makes the blocking call. The first, from empty socket A into the pipe,
+// sleeps waiting for data while it holds the pipe's lock (splicing into a pipe does). The
+// second, from socket B (7 bytes in it) into the same pipe, waits for that lock, and that
+// wait cannot be interrupted. We wait until both workers are asleep (/proc/self/task/*/wchan
+// names where a thread sleeps; an idle worker sleeps in io_wq_worker).
+//
+// The cancel finds the second splice running: it flags the work as cancelled, nudges its
+// worker (as a signal would), and answers -EALREADY. The worker cannot act on it, so nothing
+// more happens: no CQE. A sync cancel with a 20 ms limit looks again and waits, and gives up
+// with -ETIME. Then a write to socket A lets the first splice finish and release the lock, and
+// the second, cancelled twice, does its whole job. (Which of the two splice CQEs comes first
+// varies; they are printed in user_data order.)
+
+section("7. a request already running on an io-wq worker: -EALREADY")
+/// Where each io-wq worker of this process that is busy with a request sleeps.
+func workersAsleep() -> [String] {
+    guard let dir = opendir("/proc/self/task") else { return [] }
+    defer { closedir(dir) }
+    var found: [String] = []
+    while let entry = readdir(dir) {
+        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard readLines("/proc/self/task/\(tid)/comm")?.first?.hasPrefix("iou-wrk") == true,
+              let wchan = readLines("/proc/self/task/\(tid)/wchan")?.first, !["0", "io_wq_worker"].contains(wchan) else { continue }
+        found.append(wchan)
+    }
+    return found
+}
+@MainActor func waitUntilAsleep(_ count: Int) {
+    var asleep = workersAsleep(), tries = 0
+    while asleep.count < count && tries < 2000 { usleep(1000); asleep = workersAsleep(); tries += 1 }  // 2 s at most
+    guard asleep.count == count else { stop("expected \(count) io-wq workers asleep in a request, found \(asleep.count)") }
+    print("io-wq workers asleep in a request: \(count) (\(asleep.joined(separator: ", ")))")
+}
+let queued = Array("queued\n".utf8), go = Array("go\n".utf8)
+guard write(peerB, queued, queued.count) == queued.count else { stop("write to socket B: \(describe(res: -errno))") }
+prepare(2571) { io_uring_prep_splice($0, socketA, -1, pipeFDs[1], -1, 64, 0) }
+submitAndReap(1, 0)
+print("submitted: splice (socket A, empty -> pipe), user_data=2571")
+waitUntilAsleep(1)
+prepare(2572) { io_uring_prep_splice($0, socketB, -1, pipeFDs[1], -1, 64, 0) }
+submitAndReap(1, 0)
+print("submitted: splice (socket B, 7 bytes -> pipe), user_data=2572")
+waitUntilAsleep(2)
+prepare(2573) { io_uring_prep_cancel64($0, 2572, 0) }
+submitAndReap(1, 1)
+print("CQEs ready: \(io_uring_cq_ready(ring))")
+answer = syncCancel(2572, timeout: __kernel_timespec(tv_sec: 0, tv_nsec: 20_000_000))
+print("io_uring_register_sync_cancel(user_data=2572, timeout 20 ms) = \(describe(res: answer.ret)) after \(answer.milliseconds) ms")
+guard write(peerA, go, go.count) == go.count else { stop("write to socket A: \(describe(res: -errno))") }
+print("wrote \(quoted(go)) to socket A")
+let splices = (0..<2).map { _ in waitCQE(ring, seconds: 5) }.sorted { $0.user_data < $1.user_data }
+for cqe in splices { printCQE(cqe, names[cqe.user_data] ?? "?") }
+let piped = read(pipeFDs[0], buffer(0), 64)
+print("the pipe holds \(quoted(UnsafeRawBufferPointer(start: buffer(0), count: max(piped, 0))))")
+
+// MARK: - 8. Cleaning up
+//
+// Every request has completed: nothing points into our memory any more.
+
+for fd in heldFds { close(fd) }
+buffers.deallocate()
+farAway.deallocate()
+destroyRing(ring)

@@ -1,0 +1,75 @@
+import XCTest
+
+final class Lesson25Tests: XCTestCase {
+    /// Each target's and each cancel's res, by name: by user_data (0 and -ECANCELED; -ENOENT
+    /// twice), ALL (a count, then 0 for none), FD (one), FD with ALL (a count), FD_FIXED, ANY (a
+    /// count); a multishot recv's end, in either documented form; register_sync_cancel (0 with
+    /// the target's CQE already posted, then -ENOENT); -EALREADY for a splice stuck on an io-wq
+    /// worker, a sync cancel's -ETIME, and that splice's full result afterwards: the expected
+    /// block of lessons/25-cancellation.md for this kernel.
+    func testCancellation() throws {
+        let run = try Lesson("25").runAndCompareWithProse()
+        let lines = run.stdoutLines
+        // The lines that prove the lesson, asserted again in case the prose block is edited.
+        for line in [
+            "CQE 1: cancel user_data=2521: user_data=2522 res=0 flags=0",
+            "CQE 2: recv (socket A): user_data=2521 res=-ECANCELED (-125) flags=0",
+            "CQE 3: cancel user_data=2523: user_data=2524 res=0 flags=0",
+            "CQE 4: timeout 100 s: user_data=2523 res=-ECANCELED (-125) flags=0",
+            "CQE 5: cancel user_data=2521, again: user_data=2525 res=-ENOENT (-2) flags=0",
+            "CQE 6: cancel user_data=2529, never submitted: user_data=2526 res=-ENOENT (-2) flags=0",
+            "CQE 1: cancel user_data=2531, ALL: user_data=2532 res=3 flags=0",
+            "CQE 5: cancel user_data=2531, ALL, again: user_data=2533 res=0 flags=0",
+            "CQE 1: cancel_fd socket A: user_data=2546 res=0 flags=0",
+            "CQE 3: cancel_fd socket A, ALL: user_data=2547 res=1 flags=0",
+            "CQE 5: cancel_fd slot 0, FD_FIXED: user_data=2548 res=0 flags=0",
+            "CQE 6: recv (slot 0: socket B): user_data=2543 res=-ECANCELED (-125) flags=0",
+            "CQE 7: cancel ANY: user_data=2549 res=2 flags=0",
+            "io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = 0; CQEs ready: 1",
+            "io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = -ENOENT (-2)",
+            "CQE 1: cancel user_data=2572: user_data=2573 res=-EALREADY (-114) flags=0",
+            "CQEs ready: 0",
+            "splice (socket A -> pipe): user_data=2571 res=3 flags=0",
+            "splice (socket B -> pipe): user_data=2572 res=7 flags=0",
+            "the pipe holds \"go\\nqueued\\n\"",
+        ] {
+            XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
+        }
+        // Three recvs shared user_data 2531: three -ECANCELED CQEs with it.
+        XCTAssertEqual(lines.filter { $0.hasSuffix("recv (socket A): user_data=2531 res=-ECANCELED (-125) flags=0") }.count, 3, run.transcript)
+        // The cancel by fd stopped one recv on socket A, and the one with ALL the other.
+        let fdTargets = lines.filter { $0.contains("recv (socket A): user_data=254") && $0.hasSuffix("res=-ECANCELED (-125) flags=0") }
+        XCTAssertEqual(fdTargets.count, 2, run.transcript)
+        XCTAssertEqual(Set(fdTargets.map { $0.dropFirst("CQE n: ".count) }).count, 2, run.transcript)
+        // ANY's two targets, in the order this kernel posts them (6.1 and 6.18 differ).
+        for target in ["timeout 100 s: user_data=2544 res=-ECANCELED (-125) flags=0",
+                       "read (empty pipe): user_data=2545 res=-ECANCELED (-125) flags=0"] {
+            XCTAssertEqual(lines.filter { $0.hasSuffix(target) }.count, 1, "\(target)\n\(run.transcript)")
+        }
+        // The multishot recv's end, one of the two documented answers: still armed, so the
+        // cancel finds it (0) and it ends with -ECANCELED; or it ran out of buffers first
+        // (-ENOBUFS) and the cancel found nothing (-ENOENT). Either way no F_MORE.
+        let end = Array(lines.drop { $0 != "both buffers used and none given back; now the cancel" }.dropFirst().prefix(2))
+        let armed = ["CQE 3: cancel user_data=2551: user_data=2552 res=0 flags=0",
+                     "CQE 4: multishot recv: user_data=2551 res=-ECANCELED (-125) flags=0"]
+        let ranDry = ["CQE 3: multishot recv: user_data=2551 res=-ENOBUFS (-105) flags=0",
+                      "CQE 4: cancel user_data=2551: user_data=2552 res=-ENOENT (-2) flags=0"]
+        XCTAssert(end == armed || end == ranDry, "the multishot's end: \(end)\n\(run.transcript)")
+        // The sync cancel of the stuck splice waited out its 20 ms, then gave up.
+        let timedOut = lines.first { $0.hasPrefix("io_uring_register_sync_cancel(user_data=2572, timeout 20 ms) = -ETIME (-62) after ") }
+        let waited = timedOut.flatMap { Int($0.split(separator: " ").dropLast().last ?? "") }
+        XCTAssertGreaterThanOrEqual(waited ?? -1, 20, run.transcript)
+        XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
+    }
+
+    func testHelp() throws {
+        let run = try Lesson("25").run(["--help"])
+        XCTAssertEqual(run.status, 0, run.transcript)
+        XCTAssertEqual(run.stdoutLines, ["usage: lesson-25-cancellation"], run.transcript)
+    }
+
+    func testRejectsArguments() throws {
+        try Lesson("25").run(["2521"]).assertError(mentioning: "too many arguments", "usage")
+        try Lesson("25").run(["--all"]).assertError(mentioning: "unknown option --all")
+    }
+}
