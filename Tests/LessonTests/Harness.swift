@@ -225,6 +225,13 @@ struct Run {
         return lines
     }
 
+    /// "Well under 2 s", not checked where every instruction is emulated: .ci/test-kernels' guests
+    /// under TCG set LAB_EMULATED=1 (a lesson's cold first run took 2.45 s there).
+    func assertQuick(file: StaticString = #filePath, line: UInt = #line) {
+        guard ProcessInfo.processInfo.environment["LAB_EMULATED"] == nil else { return }
+        XCTAssertLessThan(seconds, 2, "the lesson must finish well under 2 s\n\(transcript)", file: file, line: line)
+    }
+
     var transcript: String {
         "--- \(command): exit \(status)\(crashed ? " (signal)" : "") after "
             + String(format: "%.2f", seconds) + " s\n--- stdout:\n\(stdout)--- stderr:\n\(stderr)---"

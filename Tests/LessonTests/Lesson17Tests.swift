@@ -35,7 +35,7 @@ final class Lesson17Tests: XCTestCase {
                 XCTAssertNotNil(line.range(of: #"res=\d+ flags=0$"#, options: .regularExpression), line)
             }
         }
-        XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
+        run.assertQuick()
     }
 
     func testHelp() throws {

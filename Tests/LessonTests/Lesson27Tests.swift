@@ -26,7 +26,7 @@ final class Lesson27Tests: XCTestCase {
         ] {
             XCTAssert(lines.contains(line), "missing line: \(line)\n\(run.transcript)")
         }
-        XCTAssertLessThan(run.seconds, 2, "the lesson must finish well under 2 s\n\(run.transcript)")
+        run.assertQuick()
     }
 
     func testHelp() throws {
