@@ -4,9 +4,9 @@
 // are in flight. Twenty requests can wait in the kernel behind an SQ of 4, and if they all
 // complete at once, their twenty CQEs need somewhere to go. The CQ holds `cq_entries`. What
 // does not fit is an *overflow*: with IORING_FEAT_NODROP (Linux 5.5) the kernel keeps those
-// CQEs on a list of its own, sets IORING_SQ_CQ_OVERFLOW in the SQ ring's flags, and moves them
-// into the CQ as room appears, but only when you enter the kernel to get events. Nothing is
-// lost, but a program that only reads the CQ from user space never sees the rest.
+// CQEs on a list of its own, moves them into the CQ as room appears, but only when you enter
+// the kernel to get events, and (since 5.8) says so with IORING_SQ_CQ_OVERFLOW in the SQ ring's
+// flags. Nothing is lost, but a program that only reads the CQ from user space never sees the rest.
 //
 // This lesson makes a CQ of 8, arms 20 polls that all complete with one write, and recovers
 // every CQE: it counts them, checks each user_data arrives exactly once, watches the flag set
@@ -14,7 +14,7 @@
 // what the CQ ring's overflow counter says. Then it sizes a ring so that nothing overflows.
 //
 // Read next: man 2 io_uring_setup (IORING_SETUP_CQSIZE, IORING_FEAT_NODROP),
-// man 3 io_uring_queue_init_params, man 3 io_uring_get_events, man 3 io_uring_peek_batch_cqe,
+// man 3 io_uring_queue_init_params, man 3 io_uring_get_events, man 3 io_uring_cq_has_overflow,
 // man 2 io_uring_enter (IORING_ENTER_GETEVENTS, EBUSY, EBADR).
 
 import Glibc
@@ -29,17 +29,25 @@ _ = lessonArguments(usage: "lesson-28-cq-overflow", max: 0)
 // We ask for 4 SQ entries and 8 CQ entries: the default size, but said out loud. The kernel
 // reports in `features` whether it keeps overflowed CQEs (IORING_FEAT_NODROP, 5.5); before
 // that it dropped them and only counted them, and this lesson would have nothing to recover.
-// (The requests we use, IORING_OP_POLL_ADD and IORING_OP_NOP, are 5.1: a kernel with NODROP
-// has them, so no probe.)
+// IORING_SQ_CQ_OVERFLOW came later, in 5.8 (kernel commit 6d5f90490460): 5.5 to 5.7 keep the
+// CQEs but do not say so, and a program that only peeks cannot know it must enter the kernel.
+// No feature bit marks 5.8; the first one after it, IORING_FEAT_POLL_32BITS (5.9), stands
+// witness for the flag, so the lesson also skips on 5.8, which would have run it. (The
+// requests we use, IORING_OP_POLL_ADD and IORING_OP_NOP, are 5.1: no probe.)
 
 var params = io_uring_params()
 params.flags = IORING_SETUP_CQSIZE
 params.cq_entries = 8
+let requested = params.cq_entries  // the call below overwrites it with what the kernel granted
 let ring = makeRing(entries: 4, params: &params)
-print("io_uring_queue_init_params(4, IORING_SETUP_CQSIZE, cq_entries 8): "
+print("io_uring_queue_init_params(4, IORING_SETUP_CQSIZE, cq_entries \(requested)): "
     + "sq_entries=\(params.sq_entries) cq_entries=\(params.cq_entries)")
 guard params.features & IORING_FEAT_NODROP != 0 else {
     skip("this kernel lacks IORING_FEAT_NODROP (added in Linux 5.5): overflowed CQEs are dropped")
+}
+guard params.features & IORING_FEAT_POLL_32BITS != 0 else {
+    skip("this kernel may lack IORING_SQ_CQ_OVERFLOW (added in Linux 5.8; the lesson's witness "
+        + "is IORING_FEAT_POLL_32BITS, Linux 5.9)")
 }
 print("IORING_FEAT_NODROP: set (the kernel keeps CQEs that do not fit)")
 
@@ -70,32 +78,42 @@ func state(_ ring: Ring) -> String {
 // work of this thread on its way back from the write, so by the time write returns all 20
 // CQEs have been posted: 8 into the CQ, 12 onto the overflow list.
 
-/// Arm `count` polls for POLLIN on `fd`, user_data `firstUserData`..., at most `batch` per submit.
-func armPolls(_ ring: Ring, fd: Int32, count: Int, firstUserData: UInt64, batch: Int) -> Int {
+typealias Pipe = (read: Int32, write: Int32)
+
+/// A pipe, both ends; the lesson closes them itself.
+func makePipe() -> Pipe {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { fail("pipe: \(describe(res: -errno))") }
+    return (fds[0], fds[1])
+}
+
+/// Close both ends, then report `message`: a failed run leaves no fd of ours open.
+func fail(closing pipe: Pipe, _ message: String) -> Never {
+    close(pipe.read)
+    close(pipe.write)
+    fail(message)
+}
+
+/// Arm `count` polls for POLLIN on the pipe's read end, user_data `firstUserData`..., at most
+/// `batch` per submit (so the SQ is never full when we ask for an SQE).
+func armPolls(_ ring: Ring, pipe: Pipe, count: Int, firstUserData: UInt64, batch: Int) -> Int {
     var submits = 0
     for n in 0..<count {
         let sqe = getSQE(ring)
-        io_uring_prep_poll_add(sqe, fd, UInt32(POLLIN))
+        io_uring_prep_poll_add(sqe, pipe.read, UInt32(POLLIN))
         io_uring_sqe_set_data64(sqe, firstUserData + UInt64(n))
         if (n + 1) % batch == 0 || n + 1 == count {
-            let pending = (n % batch) + 1
-            checkSubmit(io_uring_submit(ring), pending)
+            let pending = (n % batch) + 1, ret = io_uring_submit(ring)
+            guard ret == pending else { fail(closing: pipe, "io_uring_submit of \(pending) polls returned \(describe(res: ret))") }
             submits += 1
         }
     }
     return submits
 }
 
-/// A pipe, both ends; the lesson closes them itself.
-func makePipe() -> (read: Int32, write: Int32) {
-    var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { fail("pipe: \(describe(res: -errno))") }
-    return (fds[0], fds[1])
-}
-
 let polls = 20, firstPoll: UInt64 = 2801, nop: UInt64 = 2800
 let pipeFDs = makePipe()
-let submits = armPolls(ring, fd: pipeFDs.read, count: polls, firstUserData: firstPoll, batch: Int(params.sq_entries))
+let submits = armPolls(ring, pipe: pipeFDs, count: polls, firstUserData: firstPoll, batch: Int(params.sq_entries))
 print("\(polls) polls (POLLIN, user_data \(firstPoll)-\(firstPoll + UInt64(polls) - 1)) armed on an empty pipe "
     + "in \(submits) submits of at most \(params.sq_entries): \(polls) requests in flight")
 print("before the write: \(state(ring))")
@@ -121,7 +139,7 @@ let submitted = io_uring_submit(ring)
 let refused = submitted == -EBUSY
 print("io_uring_submit (a NOP, user_data \(nop)) while overflowed = \(describe(res: submitted)): "
     + (submitted == 1 ? "accepted" : refused ? "refused until the CQ is reaped" : "unexpected"))
-guard submitted == 1 || refused else { fail("io_uring_submit returned \(describe(res: submitted))") }
+guard submitted == 1 || refused else { fail(closing: pipeFDs, "io_uring_submit returned \(describe(res: submitted))") }
 print("after the submit: \(state(ring))")
 
 // MARK: - 4. Recovering every CQE
@@ -158,8 +176,10 @@ while true {
         var first: UnsafeMutablePointer<io_uring_cqe>?
         print("  io_uring_peek_cqe = \(describe(res: io_uring_peek_cqe(ring, &first))): \(state(ring))")
     }
-    guard round <= polls + 1 else { fail("IORING_SQ_CQ_OVERFLOW still set after \(round) rounds") }
+    guard round <= polls + 1 else { fail(closing: pipeFDs, "IORING_SQ_CQ_OVERFLOW still set after \(round) rounds") }
 }
+close(pipeFDs.read)  // every poll has completed (the checks below say if one had not)
+close(pipeFDs.write)
 if refused {  // 5.5-5.12: the NOP is still in the SQ; now there is room for its CQE
     checkSubmit(io_uring_submit(ring), 1)
     let cqe = waitCQE(ring, seconds: 5)
@@ -188,8 +208,6 @@ print("recovered \(order.count) CQEs: polls \(firstPoll)-\(firstPoll + UInt64(po
 // list and were all delivered, so it stays 0.
 
 print("cq overflow (*cq.koverflow) = \(ring.pointee.cq.koverflow.pointee)")
-close(pipeFDs.read)
-close(pipeFDs.write)
 destroyRing(ring)
 
 // MARK: - 6. Sizing the CQ
@@ -211,7 +229,7 @@ let big = makeRing(entries: 4, params: &sized)
 print("sizing: io_uring_queue_init_params(4, IORING_SETUP_CQSIZE, cq_entries \(polls)): "
     + "sq_entries=\(sized.sq_entries) cq_entries=\(sized.cq_entries)")
 let pipe2 = makePipe()
-_ = armPolls(big, fd: pipe2.read, count: polls, firstUserData: 2831, batch: Int(sized.sq_entries))
+_ = armPolls(big, pipe: pipe2, count: polls, firstUserData: 2831, batch: Int(sized.sq_entries))
 _ = write(pipe2.write, "x", 1)
 print("sizing: the same \(polls) polls and write: \(state(big))")
 var fits = 0

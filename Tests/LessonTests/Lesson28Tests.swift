@@ -8,6 +8,7 @@ final class Lesson28Tests: XCTestCase {
     /// that holds them all: the expected block of lessons/28-cq-overflow.md.
     func testCQOverflow() throws {
         let run = try Lesson("28").runAndCompareWithProse()
+        run.assertQuick()
         let lines = run.stdoutLines
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         for line in [
