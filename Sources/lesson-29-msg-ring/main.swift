@@ -71,7 +71,7 @@ let notePath = makeTempFile(named: "note.txt", contents: Array("a file from ring
 final class Peer: @unchecked Sendable {
     let name: String, sendsOdd: Bool
     let ringFD = Atomic<Int32>(-1)
-    var ring: Ring? = nil
+    var ring: Ring? = nil, setup: Int32 = 0  // io_uring_queue_init's return
     var received: [Int: io_uring_cqe] = [:], own: [Int: io_uring_cqe] = [:]  // message k -> CQE
     var receivedCount = 0, ownCount = 0, problems: [String] = [], pingPongTime = Duration.zero
     var tableLine = "", lines: [String] = []  // section 4's events, in this thread's order
@@ -237,20 +237,30 @@ func passFile(_ me: Peer, target: Int32) {
     if let slot = slots[2932] { readSlot(me, slot, userData: 2942) }
 }
 
-/// A peer's thread, from ring to teardown.
+/// A peer's thread, from ring to teardown. The ring is made with io_uring_queue_init itself,
+/// not LabSupport's makeRing: a failed setup must not end the process from this thread (the
+/// exit handler would free rings while the other thread waits on one). It is recorded; both
+/// threads still meet, see that a ring is missing, and stop; the main thread reports it.
 func run(_ me: Peer, other: Peer, meeting: Meeting) {
-    let ring = makeRing(entries: 8)
-    me.ring = ring
-    me.ringFD.store(ring.pointee.ring_fd, ordering: .releasing)
-    if canSendFD { prepareTables(me) }
-    meeting.meet()  // both rings exist, both tables are registered
+    let ring = Ring.allocate(capacity: 1)
+    ring.initialize(to: io_uring())
+    me.setup = io_uring_queue_init(8, ring, 0)
+    if me.setup == 0 {
+        me.ring = ring
+        me.ringFD.store(ring.pointee.ring_fd, ordering: .releasing)
+        if canSendFD { prepareTables(me) }
+    }
+    meeting.meet()  // both rings exist (or one thread knows it has none), both tables are registered
     let target = other.ringFD.load(ordering: .acquiring)
-    let clock = ContinuousClock(), started = clock.now
-    pingPong(me, target: target)
-    me.pingPongTime = clock.now - started
-    if canSendFD && me.problems.isEmpty { passFile(me, target: target) }
+    if me.ring != nil && target >= 0 {
+        let clock = ContinuousClock(), started = clock.now
+        pingPong(me, target: target)
+        me.pingPongTime = clock.now - started
+        if canSendFD && me.problems.isEmpty { passFile(me, target: target) }
+    }
     meeting.meet()  // neither thread will target the other's ring again
-    destroyRing(ring)  // io_uring_queue_exit: unmaps the rings, closes the fd, drops the table
+    if me.ring != nil { io_uring_queue_exit(ring) }  // unmaps the rings, closes the fd, drops the table
+    ring.deallocate()
     me.ring = nil
 }
 
@@ -259,6 +269,7 @@ let threads = [startThread { run(meeting.a, other: meeting.b, meeting: meeting) 
                startThread { run(meeting.b, other: meeting.a, meeting: meeting) }]
 for thread in threads { pthread_join(thread, nil) }
 let (a, b) = (meeting.a, meeting.b)
+for peer in [a, b] where peer.setup < 0 { exitBecauseSetupFailed(peer.setup, entries: 8) }  // as makeRing would
 
 // MARK: - 5. What the threads saw, printed after the join
 //
@@ -298,20 +309,28 @@ guard problems.isEmpty else { fail(problems.joined(separator: "; ")) }
 // type and says -EBADFD ("fd in bad state"). Both are CQEs on the sender's ring, here the
 // main thread's.
 
-/// One msg_ring from `ring` to `fd`, and its CQE.
-func message(_ ring: Ring, to fd: Int32, userData: UInt64) -> io_uring_cqe {
+/// One msg_ring from `ring` to `fd`, and its CQE. If there is none, the fds in `opened` are
+/// closed before the error line.
+func message(_ ring: Ring, to fd: Int32, userData: UInt64, opened: [Int32] = []) -> io_uring_cqe {
     let sqe = getSQE(ring)
     io_uring_prep_msg_ring(sqe, fd, 1, 2959, 0)
     io_uring_sqe_set_data64(sqe, userData)
-    checkSubmit(io_uring_submit(ring), 1)
-    return waitCQE(ring, seconds: 5)
+    var cqe: UnsafeMutablePointer<io_uring_cqe>?, limit = __kernel_timespec(tv_sec: 5, tv_nsec: 0)
+    let submitted = io_uring_submit(ring)
+    let ret = submitted == 1 ? io_uring_wait_cqe_timeout(ring, &cqe, &limit) : submitted
+    guard ret == 0, let cqe else {
+        for fd in opened { close(fd) }
+        fail("msg_ring to fd \(fd): io_uring_\(submitted == 1 ? "wait_cqe_timeout" : "submit") returned \(describe(res: ret))")
+    }
+    defer { io_uring_cqe_seen(ring, cqe) }
+    return cqe.pointee
 }
 print("joined A and B; ring A's old fd \(oldFD): fcntl(F_GETFD) "
     + (fcntl(oldFD, F_GETFD) < 0 ? "fails with \(describe(res: -errno))" : "succeeds: it is open"))
 printCQE(message(mainRing, to: oldFD, userData: 2951), "msg_ring to ring A's old fd")
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
-printCQE(message(mainRing, to: pipeFDs[0], userData: 2952), "msg_ring to a pipe's fd \(pipeFDs[0]), not a ring")
+printCQE(message(mainRing, to: pipeFDs[0], userData: 2952, opened: pipeFDs), "msg_ring to a pipe's fd \(pipeFDs[0]), not a ring")
 close(pipeFDs[0])
 close(pipeFDs[1])
 destroyRing(mainRing)

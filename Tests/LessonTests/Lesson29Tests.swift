@@ -8,6 +8,7 @@ final class Lesson29Tests: XCTestCase {
     /// pipe (-EBADFD): the expected block of lessons/29-msg-ring.md.
     func testMsgRing() throws {
         let run = try Lesson("29").runAndCompareWithProse()
+        run.assertQuick()
         let lines = run.stdoutLines
         // The lines that prove the lesson, asserted again in case the prose block is edited.
         for line in [
@@ -32,6 +33,31 @@ final class Lesson29Tests: XCTestCase {
         }
         XCTAssert(lines.contains { $0.hasPrefix("msg_ring to a pipe's fd ") && $0.hasSuffix(", not a ring: user_data=2952 res=-EBADFD (-77) flags=0") },
                   run.transcript)
+    }
+
+    /// No flake: ten runs of 500 messages, the last pinned to one CPU with taskset(1) when it is
+    /// installed (both threads then take turns on it), each run's whole output held against the
+    /// prose's expected block with the counts of 500 messages.
+    func testManyRunsNoFlake() throws {
+        let lesson = try Lesson("29")
+        let expected = try lesson.expectedOutput().map {
+            $0.replacingOccurrences(of: "ping-pong: 200 messages", with: "ping-pong: 500 messages")
+                .replacingOccurrences(of: "received 100 messages", with: "received 250 messages")
+                .replacingOccurrences(of: "; 100 own CQEs", with: "; 250 own CQEs")
+        }
+        XCTAssert(expected.contains { $0.contains("received 250 messages") && $0.contains("250 own CQEs") },
+                  "the expected block no longer has the counts this test rewrites")
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        let taskset = path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/taskset") }
+        for n in 1...10 {
+            let pinned = n == 10 && taskset
+            let run = try lesson.run(["--messages", "500"], wrapper: pinned ? ["taskset", "-c", "0"] : [])
+            try run.skipIfSkipped()
+            XCTAssertEqual(run.status, 0, "run \(n)\(pinned ? " (taskset -c 0)" : "")\n\(run.transcript)")
+            if let mismatch = OutputPattern(expected).mismatch(in: run.stdoutLines) {
+                XCTFail("run \(n)\(pinned ? " (taskset -c 0)" : ""): \(mismatch)\n\(run.transcript)")
+            }
+        }
     }
 
     /// An odd count: A sends one more message than B, and each count follows.
