@@ -13,14 +13,13 @@
 // IORING_MSG_SEND_FD moves a direct descriptor (a slot of A's registered file table) into a
 // slot of B's table: a file passed between rings without a regular fd.
 //
-// This lesson starts two threads, each with its own ring; they play ping-pong with msg_ring
-// messages, each blocked only on its own ring (every wait bounded); then A passes a file to B
-// through the file tables, and B reads it. The threads tear their rings down and are joined;
-// then the main thread sends to a ring that no longer exists, and to a pipe.
+// Two threads, a ring each, play ping-pong with msg_ring messages, each blocked only on its
+// own ring; A passes a file to B through the file tables, and B reads it. The threads tear
+// their rings down and are joined; the main thread then sends to a ring that no longer exists,
+// and to a pipe.
 //
 // Read next: man 3 io_uring_prep_msg_ring, man 2 io_uring_enter (IORING_OP_MSG_RING),
-// man 3 io_uring_register_files. liburing 2.3 has no io_uring_prep_msg_ring_fd (2.4 adds it):
-// section 4 fills that SQE itself.
+// man 3 io_uring_register_files (liburing 2.3 has no io_uring_prep_msg_ring_fd: see section 4).
 
 import Glibc
 import CLiburing
@@ -34,11 +33,10 @@ let messages = numberOption("--messages", in: arguments, 1...9999) ?? 200
 
 // MARK: - 1. What the kernel offers
 //
-// MSG_RING is probed (5.18). IORING_MSG_SEND_FD is not an opcode but a command inside
-// MSG_RING (in sqe->addr), and the probe cannot see commands: an unknown one is -EINVAL (the
-// default case of io_msg_ring), like any bad field. It came in 6.0 with IORING_OP_SEND_ZC,
-// which the probe does see, so we take SEND_ZC as its witness and leave section 4 out without
-// it. The main thread's own ring is made first (lowest fd); it is used again in section 6.
+// MSG_RING is probed (5.18). IORING_MSG_SEND_FD is a command inside MSG_RING (sqe->addr) that
+// the probe cannot see (an unknown one is -EINVAL, like any bad field). It came in 6.0 with
+// IORING_OP_SEND_ZC, which the probe sees: SEND_ZC is its witness, and without it section 4 is
+// left out. The main thread's own ring is made first (lowest fd) and used again in section 6.
 
 let mainRing = makeRing(entries: 4)
 requireOpcodes(mainRing, IORING_OP_MSG_RING, IORING_OP_NOP)
@@ -57,10 +55,7 @@ let notePath = makeTempFile(named: "note.txt", contents: Array("a file from ring
 // stops answering ends the lesson with an error, never a hang. What a thread sees is recorded
 // and printed by the main thread after the join, in a fixed order: two threads fill each CQ
 // (its owner's own requests, the other's messages), and nothing promises the order in which
-// their CQEs land. (In a C version the reply came before the sender's own CQE for the message
-// it answered in 0 of 100,000 round trips on this machine's 6.18, but in 40 to 69 of 10,000 on
-// 6.1 and 6.12 in emulated VMs: the sender's own CQE is posted at the end of its submit, the
-// message the moment the kernel takes the SQE. The lesson does not rely on either.)
+// their CQEs land (the prose's Kernel section says how often each order was seen).
 //
 // user_data scheme: message k (1, 2, ... N) travels with data 2900000 + k (the receiver's
 // user_data) and len k (the receiver's res); the sender's own SQE has user_data 2910000 + k.
@@ -124,10 +119,8 @@ func record(_ cqe: io_uring_cqe, by me: Peer) -> Int? {
         return nil
     }
     let k = Int(cqe.user_data) - 2_900_000
-    guard (1...messages).contains(k), cqe.res == Int32(k), cqe.flags == 0 else {
-        me.problems.append("\(me.name): unexpected CQE: \(format(cqe))")
-        return nil
-    }
+    guard (1...messages).contains(k), cqe.res == Int32(k), cqe.flags == 0
+    else { me.problems.append("\(me.name): unexpected CQE: \(format(cqe))"); return nil }
     me.receivedCount += 1
     if k <= 3 { me.received[k] = cqe }
     return k
@@ -159,14 +152,9 @@ func pingPong(_ me: Peer, target: Int32) {
 // (sqe->file_index, plus one; or IORING_FILE_INDEX_ALLOC: the kernel picks a free one). The
 // kernel installs the file in B's table, posts a CQE to B (user_data = data, res = the slot it
 // filled if it picked one, else 0; sqe->len must be 0: 6.12 and 6.18 refuse anything else
-// with -EINVAL) and completes A's request with the same res. B then reads the file through its own
-// slot: no fd was ever created on B's side.
-//
-// liburing 2.3 has no helper for this SQE; liburing 2.4's io_uring_prep_msg_ring_fd fills it
-// as below: io_uring_prep_rw(IORING_OP_MSG_RING, sqe, target ring fd,
-// addr = IORING_MSG_SEND_FD, len 0, off = data), then addr3 = source slot and file_index =
-// target slot + 1 (IORING_FILE_INDEX_ALLOC as is). The kernel reads them in io_msg_ring_prep
-// (io_uring/msg_ring.c) and acts in io_msg_send_fd.
+// with -EINVAL) and completes A's request with the same res. B reads the file through its own
+// slot: no fd was ever created on B's side. liburing 2.3 has no helper for this SQE; we fill
+// it as 2.4's io_uring_prep_msg_ring_fd does, the fields io_msg_ring_prep reads.
 
 /// A's msg_ring SEND_FD: A's `slot` to `targetSlot` of the ring `target` (nil: any free slot).
 func sendFile(from me: Peer, slot: UInt64, to target: Int32, targetSlot: UInt32?, data: UInt64, userData: UInt64) {
@@ -192,8 +180,7 @@ func readSlot(_ me: Peer, _ slot: Int32, userData: UInt64) {
     io_uring_sqe_set_data64(sqe, userData)
     let ret = io_uring_submit(me.ring)
     if ret != 1 { me.problems.append("B: submit of read: \(describe(res: ret))"); return }
-    // No CQE within 5 s: the read may still be in flight, so its buffer is never freed.
-    guard let cqe = me.nextCQE() else { return }
+    guard let cqe = me.nextCQE() else { return }  // none in 5 s: it may still be in flight, keep the buffer
     me.lines.append("B: read slot \(slot) (IOSQE_FIXED_FILE): \(format(cqe))"
         + (cqe.res > 0 ? " " + quoted(buffer.prefix(Int(cqe.res))) : ""))
     buffer.deallocate()  // its CQE has arrived
@@ -226,10 +213,8 @@ func passFile(_ me: Peer, target: Int32) {
     }
     var slots: [UInt64: Int32] = [:]
     while slots.count < 2, me.problems.isEmpty, let cqe = me.nextCQE() {
-        guard cqe.user_data == 2931 || cqe.user_data == 2932, cqe.res >= 0 else {
-            me.problems.append("B: unexpected CQE: \(format(cqe))")
-            break
-        }
+        guard cqe.user_data == 2931 || cqe.user_data == 2932, cqe.res >= 0
+        else { me.problems.append("B: unexpected CQE: \(format(cqe))"); break }
         me.lines.append("B: CQE on its ring: \(format(cqe))")
         slots[cqe.user_data] = cqe.user_data == 2931 ? 2 : cqe.res  // ALLOC: res is the slot
     }
@@ -237,10 +222,9 @@ func passFile(_ me: Peer, target: Int32) {
     if let slot = slots[2932] { readSlot(me, slot, userData: 2942) }
 }
 
-/// A peer's thread, from ring to teardown. The ring is made with io_uring_queue_init itself,
-/// not LabSupport's makeRing: a failed setup must not end the process from this thread (the
-/// exit handler would free rings while the other thread waits on one). It is recorded; both
-/// threads still meet, see that a ring is missing, and stop; the main thread reports it.
+/// A peer's thread, from ring to teardown. Not makeRing: a failed setup must not exit from this
+/// thread (the exit handler would free rings the other thread waits on). It is recorded, both
+/// threads still meet, see a ring missing and stop, and the main thread reports it.
 func run(_ me: Peer, other: Peer, meeting: Meeting) {
     let ring = Ring.allocate(capacity: 1)
     ring.initialize(to: io_uring())
@@ -274,7 +258,6 @@ for peer in [a, b] where peer.setup < 0 { exitBecauseSetupFailed(peer.setup, ent
 // MARK: - 5. What the threads saw, printed after the join
 //
 // The first three messages in full, then what all of them did.
-
 print("ring A and ring B: one ring per thread, each made, used and torn down by its own thread")
 print("ping-pong: \(messages) messages; A sends the odd ones to ring B, B the even ones to ring A; "
     + "each thread waits only on its own ring")
@@ -297,20 +280,17 @@ if canSendFD {
 } else {
     print("IORING_MSG_SEND_FD needs Linux 6.0 (this kernel lacks IORING_OP_SEND_ZC, also 6.0): not shown")
 }
-let problems = a.problems + b.problems
 let oldFD = a.ringFD.load(ordering: .relaxed)
-guard problems.isEmpty else { fail(problems.joined(separator: "; ")) }
+guard a.problems.isEmpty && b.problems.isEmpty else { fail((a.problems + b.problems).joined(separator: "; ")) }
 
 // MARK: - 6. Targets that are not rings
 //
 // The target fd is looked up when the kernel takes the SQE, like any request's fd. Ring A is
 // gone (its thread called io_uring_queue_exit), so its old fd number is not open: -EBADF, as
 // for a read on a closed fd. A pipe's fd is open but is no ring: msg_ring checks the file's
-// type and says -EBADFD ("fd in bad state"). Both are CQEs on the sender's ring, here the
-// main thread's.
+// type and says -EBADFD ("fd in bad state"). Both are CQEs on the main thread's ring.
 
-/// One msg_ring from `ring` to `fd`, and its CQE. If there is none, the fds in `opened` are
-/// closed before the error line.
+/// One msg_ring from `ring` to `fd`, and its CQE; without one, `opened` is closed, then fail.
 func message(_ ring: Ring, to fd: Int32, userData: UInt64, opened: [Int32] = []) -> io_uring_cqe {
     let sqe = getSQE(ring)
     io_uring_prep_msg_ring(sqe, fd, 1, 2959, 0)
@@ -331,8 +311,7 @@ printCQE(message(mainRing, to: oldFD, userData: 2951), "msg_ring to ring A's old
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 printCQE(message(mainRing, to: pipeFDs[0], userData: 2952, opened: pipeFDs), "msg_ring to a pipe's fd \(pipeFDs[0]), not a ring")
-close(pipeFDs[0])
-close(pipeFDs[1])
+pipeFDs.forEach { close($0) }
 destroyRing(mainRing)
 pthread_barrier_destroy(meeting.barrier)
 meeting.barrier.deallocate()
