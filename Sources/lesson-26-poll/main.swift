@@ -65,7 +65,8 @@ func maskName(_ mask: Int32) -> String {
 func show(_ label: String, _ cqe: io_uring_cqe) {
     print("\(label): \(format(cqe))" + (cqe.res > 0 ? " = \(maskName(cqe.res))" : ""))
 }
-/// The next CQE, waited for `seconds` at most: nil if none came by then.
+/// The next CQE, waited for `seconds` at most: nil if none came by then. (Not LabSupport's
+/// waitCQE: a lesson that stops must close its fds first.)
 @MainActor func nextCQE(within seconds: Int64 = 5) -> io_uring_cqe? {
     var cqe: UnsafeMutablePointer<io_uring_cqe>?, limit = __kernel_timespec(tv_sec: seconds, tv_nsec: 0)
     let ret = io_uring_wait_cqe_timeout(ring, &cqe, &limit)
@@ -74,10 +75,8 @@ func show(_ label: String, _ cqe: io_uring_cqe) {
     defer { io_uring_cqe_seen(ring, cqe) }
     return cqe.pointee
 }
-/// The next CQE, which must come within 5 s.
-@MainActor func waitNext() -> io_uring_cqe {
-    guard let cqe = nextCQE() else { stop("io_uring_wait_cqe_timeout: no completion within 5 s") }
-    return cqe
+@MainActor func waitNext() -> io_uring_cqe {  // which must come within 5 s
+    if let cqe = nextCQE() { return cqe } else { stop("io_uring_wait_cqe_timeout: no completion within 5 s") }
 }
 /// The CQE that must be `userData`'s, waited for (5 s at most).
 @MainActor func expect(_ userData: UInt64) -> io_uring_cqe {
@@ -278,11 +277,8 @@ closeFd(pipe4.write)
 // kernel tries it, finds no data, and arms a poll for it on the socket's wait queue, as for a
 // POLL_ADD (lesson 17: "fast poll", IORING_FEAT_FAST_POLL, 5.7). The ring's fdinfo lists both
 // kinds in its poll list. When data comes, the recv is retried and completes with the bytes;
-// the POLL_ADD completes with POLLIN and the bytes stay in the socket.
-//
-// So a recv, read, accept, send or connect needs no poll of yours first. An explicit poll is
-// for readiness itself: code that does its own I/O on the fd (a TLS or database library, say,
-// given the fd and calling recv(2) itself) and wants to be told when to call it.
+// the POLL_ADD completes with POLLIN and the bytes stay in the socket. So a recv needs no poll
+// of yours first; a poll is for code that does its own I/O on the fd (a TLS library, say).
 
 /// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's), sorted.
 @MainActor func pollList() -> String {
