@@ -13,8 +13,8 @@
 // and while it is set, no CQE signals at all.
 //
 // Read next: man 3 io_uring_register_eventfd (also _async and io_uring_unregister_eventfd),
-// man 2 eventfd, man 2 io_uring_register (IORING_REGISTER_EVENTFD, IORING_REGISTER_EVENTFD_ASYNC),
-// man 2 io_uring_setup (IORING_CQ_EVENTFD_DISABLED).
+// man 2 eventfd, man 2 io_uring_register (IORING_REGISTER_EVENTFD, IORING_REGISTER_EVENTFD_ASYNC,
+// IORING_CQ_EVENTFD_DISABLED).
 
 import Glibc
 import CLiburing
@@ -30,6 +30,10 @@ _ = lessonArguments(usage: "lesson-27-eventfd", max: 0)
 
 let ring = makeRing(entries: 16)
 requireOpcodes(ring, IORING_OP_NOP, IORING_OP_TIMEOUT, IORING_OP_RECV)
+// Section 5 needs the CQ ring's flags word (5.8): liburing leaves cq.kflags nil without it.
+if ring.pointee.cq.kflags == nil {
+    skip("this kernel's CQ ring has no flags word for IORING_CQ_EVENTFD_DISABLED (added in Linux 5.8)")
+}
 
 /// The fds this lesson holds, closed by a failure before it ends the lesson.
 nonisolated(unsafe) var heldFds: [Int32] = []  // one thread only; Swift 6 wants a word for a global var
@@ -79,9 +83,17 @@ func counterAfterWaiting(_ milliseconds: Int32 = 5000) -> String {
     io_uring_sqe_set_flags(sqe, flags)
     io_uring_sqe_set_data64(sqe, userData)
 }
+/// The next CQE, which must come within 5 s (else the lesson stops, closing its fds).
+@MainActor func waitNext() -> io_uring_cqe {
+    var cqe: UnsafeMutablePointer<io_uring_cqe>?, limit = __kernel_timespec(tv_sec: 5, tv_nsec: 0)
+    let ret = io_uring_wait_cqe_timeout(ring, &cqe, &limit)
+    guard ret == 0, let cqe else { stop("io_uring_wait_cqe_timeout returned \(describe(res: ret))") }
+    defer { io_uring_cqe_seen(ring, cqe) }
+    return cqe.pointee
+}
 /// Wait for `count` CQEs (5 s at most each), and say what they were: `4 CQEs (user_data 2721-2724, res 0)`.
 @MainActor func reap(_ count: Int) -> String {
-    let cqes = (0..<count).map { _ in waitCQE(ring, seconds: 5) }.sorted { $0.user_data < $1.user_data }
+    let cqes = (0..<count).map { _ in waitNext() }.sorted { $0.user_data < $1.user_data }
     let results = Set(cqes.map { describe(res: $0.res) })
     let ids = count == 1 ? "user_data \(cqes[0].user_data)" : "user_data \(cqes[0].user_data)-\(cqes[count - 1].user_data)"
     return "\(count) CQE\(count == 1 ? "" : "s") (\(ids), res \(results.sorted().joined(separator: "/")))"
@@ -126,7 +138,7 @@ var entry = pollfd(fd: efd, events: Int16(POLLIN), revents: 0)
 let ready = poll(&entry, 1, 5000)
 print("a 20 ms timeout; poll(2) on the eventfd alone (5 s at most) returned \(ready < 0 ? describe(res: -errno) : "\(ready)")"
     + (entry.revents == Int16(POLLIN) ? ": revents = POLLIN" : ", revents = 0x\(String(entry.revents, radix: 16))"))
-print("  then: eventfd counter: \(counter()); \(io_uring_cq_ready(ring)) CQE in the CQ: \(format(waitCQE(ring, seconds: 5)))")
+print("  then: eventfd counter: \(counter()); \(io_uring_cq_ready(ring)) CQE in the CQ: \(format(waitNext()))")
 twentyMs.deallocate()
 
 // MARK: - 4. register_eventfd_async: only io-wq workers signal
