@@ -253,3 +253,25 @@ public func makeBufferRing(_ ring: Ring, entries: UInt32, bufferSize: Int, group
     io_uring_buf_ring_advance(bufferRing.br, Int32(entries))
     return bufferRing
 }
+
+// MARK: - The ring seen from /proc: witnesses that a request waits without a thread (17, 26)
+
+/// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's), sorted.
+public func pollList(_ ring: Ring) -> String {
+    let lines = readLines("/proc/self/fdinfo/\(ring.pointee.ring_fd)") ?? []
+    let entries = lines.drop { !$0.hasPrefix("PollList:") }.dropFirst().prefix { $0.hasPrefix("  op=") }
+    let ops = entries.compactMap { UInt32($0.dropFirst("  op=".count).prefix { $0.isNumber }) }.sorted()
+    return ops.isEmpty ? "(empty)" : ops.map(opcodeName).joined(separator: ", ")
+}
+
+/// How many of this process's threads are io-wq workers (named iou-wrk-PID by the kernel).
+public func ioWorkers() -> Int {
+    guard let dir = opendir("/proc/self/task") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while let entry = readdir(dir) {
+        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if readLines("/proc/self/task/\(tid)/comm")?.first?.hasPrefix("iou-wrk-") == true { count += 1 }
+    }
+    return count
+}

@@ -197,27 +197,7 @@ print("the accept wrote the peer's address (\(peerLength.pointee) bytes): \(peer
 // submitting thread when it next returns to user space from any system call. Here that is the
 // submit that sends: the recv's CQE is in the CQ when io_uring_submit returns. Two witnesses
 // that it waits: the ring's fdinfo lists the request in its poll list, and the process has no
-// io-wq worker thread (`iou-wrk-PID`).
-
-/// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's).
-func pollList(_ ring: Ring) -> String {
-    let lines = readLines("/proc/self/fdinfo/\(ring.pointee.ring_fd)") ?? []
-    let entries = lines.drop { !$0.hasPrefix("PollList:") }.dropFirst().prefix { $0.hasPrefix("  op=") }
-    let ops = entries.compactMap { UInt32($0.dropFirst("  op=".count).prefix { $0.isNumber }) }
-    return ops.isEmpty ? "(empty)" : ops.map(opcodeName).joined(separator: ", ")
-}
-
-/// How many of this process's threads are io-wq workers (named iou-wrk-PID by the kernel).
-func ioWorkers() -> Int {
-    guard let dir = opendir("/proc/self/task") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while let entry = readdir(dir) {
-        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if readLines("/proc/self/task/\(tid)/comm")?.first?.hasPrefix("iou-wrk-") == true { count += 1 }
-    }
-    return count
-}
+// io-wq worker thread (`iou-wrk-PID`). LabNet reads both: `pollList(ring)`, `ioWorkers()`.
 
 prepare(ring, 1710) { io_uring_prep_recv($0, server, inBuffer.baseAddress, inBuffer.count, 0) }
 checkSubmit(io_uring_submit(ring), 1)

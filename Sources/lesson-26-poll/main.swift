@@ -279,25 +279,8 @@ closeFd(pipe4.write)
 // kinds in its poll list. When data comes, the recv is retried and completes with the bytes;
 // the POLL_ADD completes with POLLIN and the bytes stay in the socket. So a recv needs no poll
 // of yours first; a poll is for code that does its own I/O on the fd (a TLS library, say).
+// LabNet's `pollList(ring)` reads the fdinfo's poll list, `ioWorkers()` counts iou-wrk threads.
 
-/// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's), sorted.
-@MainActor func pollList() -> String {
-    let lines = readLines("/proc/self/fdinfo/\(ring.pointee.ring_fd)") ?? []
-    let entries = lines.drop { !$0.hasPrefix("PollList:") }.dropFirst().prefix { $0.hasPrefix("  op=") }
-    let ops = entries.compactMap { UInt32($0.dropFirst("  op=".count).prefix { $0.isNumber }) }.sorted()
-    return ops.isEmpty ? "(empty)" : ops.map(opcodeName).joined(separator: ", ")
-}
-/// How many of this process's threads are io-wq workers (named iou-wrk-PID by the kernel).
-func ioWorkers() -> Int {
-    guard let dir = opendir("/proc/self/task") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while let entry = readdir(dir) {
-        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if readLines("/proc/self/task/\(tid)/comm")?.first?.hasPrefix("iou-wrk-") == true { count += 1 }
-    }
-    return count
-}
 func send(_ text: String, _ fd: Int32) {
     let sent = Array(text.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     if sent != text.utf8.count { stop("send: \(describe(res: -errno))") }
@@ -308,7 +291,7 @@ let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
 submit(2651) { io_uring_prep_recv($0, tcp2.server, buffer.baseAddress, buffer.count, 0) }
 pollAdd(2652, tcp2.server, POLLIN)
 print("recv (2651) and poll POLLIN (2652) on the empty S: \(peek())")
-print("  the ring's poll list (fdinfo PollList): \(pollList())")
+print("  the ring's poll list (fdinfo PollList): \(pollList(ring))")
 print("  io-wq worker threads: \(ioWorkers())")
 send("hello", tcp2.client)
 for cqe in (0..<2).map({ _ in waitNext() }).sorted(by: { $0.user_data > $1.user_data }) {
