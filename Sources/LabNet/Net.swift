@@ -1,6 +1,7 @@
-// Sockets where they are not the subject (Part IV): the loopback address, a listener made through
-// the ring as lesson 17 shows, and the demos' in-process clients, which use plain blocking calls
-// on threads of their own (the client side is not what those lessons teach).
+// Sockets where they are not the subject (Part IV on): the loopback address, a listener made
+// through the ring as lesson 17 shows, and the demos' in-process clients, which use plain blocking
+// calls on threads of their own (the client side is not what those lessons teach). Also a thread,
+// and what /proc says about a ring's waiting requests.
 
 import Glibc
 import CLiburing
