@@ -8,13 +8,12 @@
 // the slot is used like lesson 13's, with IOSQE_FIXED_FILE, and IORING_OP_CLOSE with a slot
 // (io_uring_prep_close_direct) empties it.
 //
-// This lesson registers a sparse table of 8 slots, tells the kernel to allocate only from
-// slots 2 to 4 (io_uring_register_file_alloc_range), opens a file, makes a listening socket
-// and a client socket, and accepts a connection, all into slots; it reads the file and sends
-// "ping" and "pong" over the loopback connection through the slots; it fills the allocation
-// range until the kernel says -ENFILE; it closes every slot. Before, in the middle and after,
-// it lists /proc/self/fd: no new fd appears. Last, a trap in liburing 2.3 that makes a
-// regular fd after all, and the list that catches it.
+// This lesson makes a listening socket in slot 0 of a sparse table of 8, has the kernel
+// allocate only from slots 2 to 4, opens a file, makes a client socket and accepts a
+// connection, all into slots; reads the file and sends "ping" and "pong" through the slots;
+// fills the range until -ENFILE; closes every slot. /proc/self/fd, listed before, in the
+// middle and after, shows no new fd. Last, a trap in liburing 2.3 that makes a regular fd
+// after all (2.4 fixed it), and the list that catches it.
 //
 // Read next: man 3 io_uring_prep_openat_direct, man 3 io_uring_prep_socket_direct_alloc,
 // man 3 io_uring_prep_accept_direct, man 3 io_uring_register_file_alloc_range,
@@ -31,7 +30,7 @@ _ = lessonArguments(usage: "lesson-30-direct-descriptors", max: 0)
 //
 // Direct openat, socket and accept with IORING_FILE_INDEX_ALLOC are Linux 5.19 (as is the
 // socket op itself); the allocation range is 6.0. BIND and LISTEN (6.11) are probed: without
-// them a listening socket needs bind(2) and listen(2), which need an fd (section 4).
+// them a listening socket needs bind(2) and listen(2), which need an fd (section 3).
 //
 // user_data: 30 for the lesson, then 01-09 the file, 1x the listener, 2x the client and the
 // connection, 3x the full range, 4x closing slot x, 5x after the closes, 6x the trap.
@@ -73,24 +72,15 @@ func printNewFds(_ when: String, before: [Int32: String]) {
     print("/proc/self/fd \(when): \(now.count) fds, " + (new.isEmpty ? "no new fd" : "new: " + new.joined(separator: ", ")))
 }
 
-// MARK: - 2. A sparse table, and the range the kernel may allocate from
+// MARK: - 2. A sparse table
 //
-// io_uring_register_files_sparse(ring, 8): eight empty slots (lesson 13). A request with
-// IORING_FILE_INDEX_ALLOC takes a free slot the kernel picks; by default any slot of the
-// table. io_uring_register_file_alloc_range(ring, 2, 3) narrows that to slots 2, 3 and 4:
-// slots 0 and 1 stay free for requests that name their slot, 5 to 7 are unused. Both are
-// io_uring_register(2) calls, done when they return (no CQE).
+// io_uring_register_files_sparse(ring, 8): eight empty slots (lesson 13), an io_uring_register(2)
+// call, done when it returns (no CQE).
 
-let sparse = io_uring_register_files_sparse(ring, 8)
-print("io_uring_register_files_sparse(8) = \(describe(res: sparse))")
+let tableSize: UInt32 = 8
+let sparse = io_uring_register_files_sparse(ring, tableSize)
+print("io_uring_register_files_sparse(\(tableSize)) = \(describe(res: sparse))")
 guard sparse == 0 else { fail("io_uring_register_files_sparse returned \(describe(res: sparse))") }
-let range = io_uring_register_file_alloc_range(ring, 2, 3)
-print("io_uring_register_file_alloc_range(offset 2, length 3) = \(describe(res: range))")
-if range == -EINVAL {  // what a kernel without the register opcode says, and what a range past the table gets
-    skip("io_uring_register_file_alloc_range returned -EINVAL: this kernel has no IORING_REGISTER_FILE_ALLOC_RANGE "
-        + "(added in Linux 6.0), or the range does not fit in the table")
-}
-guard range == 0 else { fail("io_uring_register_file_alloc_range returned \(describe(res: range))") }
 
 /// The regular fd this lesson may hold (the listener, on a kernel before 6.11): closed before
 /// a failure ends the lesson. Slots need no such care: the table goes with the ring.
@@ -118,33 +108,10 @@ func request(_ ring: Ring, _ label: String, _ userData: UInt64, fixed: Bool = fa
     return cqe.res
 }
 
-// MARK: - 3. A file opened into a slot
+// MARK: - 3. A listening socket in a slot we name
 //
-// liburing 2.3's helpers store file_index + 1 in the SQE (0 there means "no slot"), and the
-// kernel's IORING_FILE_INDEX_ALLOC is ~0: so the value to pass for "allocate" is
-// IORING_FILE_INDEX_ALLOC - 1, as liburing's own socket_direct_alloc does (section 8 shows
-// what passing IORING_FILE_INDEX_ALLOC itself does here). O_CLOEXEC is refused with a slot
-// (-EINVAL): a slot is not inherited by exec in the first place. The path is copied by the
-// kernel when it takes the SQE; Swift's String-to-pointer conversion lasts for the prep call
-// only, so it lives on the heap until the CQE, as every pointer in an SQE does in this lab.
-
-let cPath = strdup(path)!
-let fileSlot = request(ring, "openat_direct (IORING_FILE_INDEX_ALLOC)", 3001) {
-    io_uring_prep_openat_direct($0, AT_FDCWD, cPath, O_RDONLY, 0, IORING_FILE_INDEX_ALLOC - 1)
-}
-free(cPath)
-guard fileSlot >= 0 else { stop("openat_direct returned \(describe(res: fileSlot))") }
-
-let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
-let read = request(ring, "read slot \(fileSlot)", 3002, fixed: true) {
-    io_uring_prep_read($0, fileSlot, buffer.baseAddress, UInt32(buffer.count), 0)
-}
-if read > 0 { print("  " + quoted(buffer.prefix(Int(read)))) }
-
-// MARK: - 4. A listening socket in a slot we name
-//
-// io_uring_prep_socket_direct with file_index 0 puts the socket in slot 0, outside the
-// allocation range: a named slot may be any slot of the table. Its CQE says 0, not the slot.
+// io_uring_prep_socket_direct with file_index 0 puts the socket in slot 0, a slot we name
+// (section 4 keeps it out of the kernel's allocations). Its CQE says 0, not the slot.
 // A socket in a slot has no fd, so no system call can reach it: bind(2), listen(2) and
 // getsockname(2) all take an fd. IORING_OP_BIND and IORING_OP_LISTEN (Linux 6.11) take a
 // slot with IOSQE_FIXED_FILE. With no getsockname in io_uring (it comes in Linux 6.19) we
@@ -152,7 +119,7 @@ if read > 0 { print("  " + quoted(buffer.prefix(Int(read)))) }
 // 20000 to 31999 (below the kernel's ephemeral ports), and tries the next while BIND says
 // -EADDRINUSE; only the bind that succeeded is printed. A kernel before 6.11 cannot bind a
 // slot at all: there the listener is a regular fd, made by LabNet's listenOnLoopback with
-// bind(2) and listen(2), and section 6 catches it.
+// bind(2) and listen(2), and section 7 catches it.
 
 let address = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: 1)  // read by BIND and CONNECT
 address.initialize(to: loopbackAddress(port: 0))
@@ -183,7 +150,51 @@ if bindInRing {
     print("listening on 127.0.0.1:\(port) with a regular fd, \(fd): \(how)")
 }
 
-// MARK: - 5. A client socket and an accepted connection, in slots the kernel picks
+// MARK: - 4. The range the kernel may allocate from
+//
+// A request with IORING_FILE_INDEX_ALLOC takes a free slot the kernel picks; by default any
+// slot of the table. io_uring_register_file_alloc_range(ring, 2, 3) narrows that to slots 2, 3
+// and 4: 0 and 1 stay for requests that name their slot, 5 to 7 are unused. It is registered
+// after the listener on purpose: the kernel searches from a hint, the slot after the last one
+// filled, and before Linux commit a6bded921ed3 (February 2026) naming slot 0 moved the hint
+// to 1, outside the range, and the next allocation got slot 1. Registering a range resets the
+// hint to its start, so this order gives the same slots with or without that fix.
+
+let (rangeOffset, rangeLength): (UInt32, UInt32) = (2, 3)
+let range = io_uring_register_file_alloc_range(ring, rangeOffset, rangeLength)
+print("io_uring_register_file_alloc_range(offset \(rangeOffset), length \(rangeLength)) = \(describe(res: range))")
+if range == -EINVAL && rangeOffset + rangeLength > tableSize {  // our mistake, not the kernel's age
+    stop("the range \(rangeOffset)..<\(rangeOffset + rangeLength) does not fit in the table's \(tableSize) slots (-EINVAL)")
+} else if range == -EINVAL {  // what a kernel without the register opcode says
+    if regularListener >= 0 { close(regularListener) }
+    skip("io_uring_register_file_alloc_range returned -EINVAL: this kernel has no IORING_REGISTER_FILE_ALLOC_RANGE (added in Linux 6.0)")
+}
+guard range == 0 else { stop("io_uring_register_file_alloc_range returned \(describe(res: range))") }
+
+// MARK: - 5. A file opened into a slot
+//
+// liburing 2.3's helpers store file_index + 1 in the SQE (0 there means "no slot"), and the
+// kernel's IORING_FILE_INDEX_ALLOC is ~0: so the value to pass for "allocate" is
+// IORING_FILE_INDEX_ALLOC - 1, as liburing's own socket_direct_alloc does (section 9 shows
+// what passing IORING_FILE_INDEX_ALLOC itself does here). O_CLOEXEC is refused with a slot
+// (-EINVAL): a slot is not inherited by exec in the first place. The path is copied by the
+// kernel when it takes the SQE; Swift's String-to-pointer conversion lasts for the prep call
+// only, so it lives on the heap until the CQE, as every pointer in an SQE does in this lab.
+
+let cPath = strdup(path)!
+let fileSlot = request(ring, "openat_direct (IORING_FILE_INDEX_ALLOC)", 3001) {
+    io_uring_prep_openat_direct($0, AT_FDCWD, cPath, O_RDONLY, 0, IORING_FILE_INDEX_ALLOC - 1)
+}
+free(cPath)
+guard fileSlot >= 0 else { stop("openat_direct returned \(describe(res: fileSlot))") }
+
+let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
+let read = request(ring, "read slot \(fileSlot)", 3002, fixed: true) {
+    io_uring_prep_read($0, fileSlot, buffer.baseAddress, UInt32(buffer.count), 0)
+}
+if read > 0 { print("  " + quoted(buffer.prefix(Int(read)))) }
+
+// MARK: - 6. A client socket and an accepted connection, in slots the kernel picks
 //
 // io_uring_prep_socket_direct_alloc: a socket in a slot the kernel picks (res = the slot).
 // io_uring_prep_accept_direct(sqe, listener, nil, nil, 0, IORING_FILE_INDEX_ALLOC - 1): the
@@ -225,7 +236,7 @@ func exchange(_ ring: Ring, _ text: String, from: Int32, to: Int32, _ userData: 
 exchange(ring, "ping", from: clientSlot, to: connectionSlot, 3023)
 exchange(ring, "pong", from: connectionSlot, to: clientSlot, 3025)
 
-// MARK: - 6. The proof, while the slots are live
+// MARK: - 7. The proof, while the slots are live
 //
 // A file, a listener and both ends of a connection are open in the ring's table, and
 // /proc/self/fd lists the same fds as before (on a kernel before 6.11, one more: the listener).
@@ -233,7 +244,7 @@ exchange(ring, "pong", from: connectionSlot, to: clientSlot, 3025)
 let liveSlots = (regularListener < 0 ? [listenerSlot] : []) + [fileSlot, clientSlot, connectionSlot]
 printNewFds("with \(liveSlots.count) files in slots \(liveSlots.map(String.init).joined(separator: ", "))", before: fdsBefore)
 
-// MARK: - 7. A full range, close_direct, and a slot used again
+// MARK: - 8. A full range, close_direct, and a slot used again
 //
 // Slots 2, 3 and 4 are taken, so the next allocation fails with -ENFILE ("too many open
 // files in system"), though slots 1, 5, 6 and 7 are empty: the kernel allocates only from the
@@ -260,13 +271,15 @@ _ = request(ring, "close_direct slot \(fileSlot) again", 3051) { io_uring_prep_c
 if regularListener >= 0 { print("close(\(regularListener)) (the regular listener) = \(close(regularListener))"); regularListener = -1 }
 printNewFds("after the closes", before: fdsBefore)
 
-// MARK: - 8. The trap: IORING_FILE_INDEX_ALLOC itself, in liburing 2.3
+// MARK: - 9. The trap: IORING_FILE_INDEX_ALLOC itself, in liburing 2.3
 //
 // The man page of io_uring_prep_openat_direct says to pass IORING_FILE_INDEX_ALLOC. liburing
 // 2.3 adds 1 to it, as to any slot, and ~0 + 1 is 0: "no slot". The kernel sees a plain
 // openat and returns a regular fd, a small number that looks like a slot. liburing 2.4 checks
-// for the value first (commit 4fed7951); with 2.3, pass IORING_FILE_INDEX_ALLOC - 1. The SQE's
-// file_index field shows what the helper wrote, and /proc/self/fd catches the fd.
+// for the value first (commit 4fed7951) and stores ~0; with 2.3, pass IORING_FILE_INDEX_ALLOC
+// - 1. What the helper wrote in file_index, not the number in res, says what res is: an fd
+// (0), which /proc/self/fd catches, or a slot (~0), which close(2) must not touch (the same
+// number may be an fd of ours): close_direct empties it.
 
 let trapPath = strdup(path)!
 var written: UInt32 = 0
@@ -279,7 +292,13 @@ let trap = submitAndWait(ring, 1)[0]
 free(trapPath)
 printCQE(trap, "openat_direct (IORING_FILE_INDEX_ALLOC itself)")
 printNewFds("after it", before: fdsBefore)
-if trap.res >= 0 && fcntl(trap.res, F_GETFD) >= 0 { print("close(\(trap.res)) = \(close(trap.res)): it was a regular fd") }
+if written == 0 {
+    if trap.res >= 0 { print("close(\(trap.res)) = \(close(trap.res)): it was a regular fd") }
+} else if trap.res >= 0 {  // liburing 2.4 or later: no trap, res is a slot
+    _ = request(ring, "close_direct slot \(trap.res) (this liburing passed ALLOC on: a slot)", 3061) {
+        io_uring_prep_close_direct($0, UInt32(trap.res))
+    }
+}
 
 buffer.deallocate()
 address.deallocate()

@@ -2,20 +2,18 @@
 //
 // io_uring_setup(2) takes flags that change how a ring works, and the ones added from Linux
 // 5.18 to 6.1 are what a modern program sets (lesson 37 measures them):
-//   IORING_SETUP_SUBMIT_ALL (5.18)    a bad SQE in a batch no longer stops the submit;
-//   IORING_SETUP_COOP_TASKRUN (5.19)  completion work waits for the task's next trip into the
-//                                     kernel instead of interrupting it;
-//   IORING_SETUP_TASKRUN_FLAG (5.19)  ... and IORING_SQ_TASKRUN in the SQ ring's flags says so;
-//   IORING_SETUP_SINGLE_ISSUER (6.0)  one thread submits, and the kernel holds you to it;
-//   IORING_SETUP_DEFER_TASKRUN (6.1)  completion work runs only when that thread enters the
-//                                     kernel to get events: a completion can be done in the
-//                                     kernel and still invisible in the CQ.
+//   SUBMIT_ALL (5.18)     a bad SQE in a batch no longer stops the submit;
+//   COOP_TASKRUN (5.19)   completion work sends no IPI to a task running in user space;
+//   TASKRUN_FLAG (5.19)   IORING_SQ_TASKRUN in the SQ ring's flags says such work is pending;
+//   SINGLE_ISSUER (6.0)   one thread submits, and the kernel holds you to it;
+//   DEFER_TASKRUN (6.1)   completion work runs only when that thread enters the kernel to get
+//                         events: a completion can be done and still invisible in the CQ.
 // And io_uring_register_ring_fd (5.18) lets io_uring_enter find the ring without an fd lookup.
 //
-// This lesson asks for each flag (and some combinations the kernel refuses) and prints the
-// answer; sends a batch with a bad SQE in the middle to a ring with and without SUBMIT_ALL;
-// watches one completion on four rings and sees where it shows up; has a second thread submit
-// to single-issuer rings; and registers a ring fd, printing what liburing changes.
+// This lesson asks for each flag (and combinations the kernel refuses); sends a batch with a
+// bad SQE in the middle with and without SUBMIT_ALL; watches where one completion shows up on
+// four rings, and which rings wake a blocking recv(2) for it; has a second thread submit to
+// single-issuer rings; and registers a ring fd, printing what liburing changes.
 //
 // Read next: man 2 io_uring_setup (IORING_SETUP_*), man 3 io_uring_get_events,
 // man 3 io_uring_register_ring_fd, man 2 io_uring_enter (IORING_ENTER_REGISTERED_RING).
@@ -50,6 +48,7 @@ func tryFlags(_ flags: UInt32) -> Int32 {
     var params = io_uring_params()
     params.flags = flags
     let ret = io_uring_queue_init_params(4, ring, &params)
+    if ret != 0 && ret != -EINVAL { exitBecauseSetupFailed(ret, entries: 4) }  // -EPERM: io_uring is off here
     if ret == 0 { io_uring_queue_exit(ring) }
     print("  \(names(flags)) = \(describe(res: ret))" + (ret == 0 ? ", granted" : ", refused"))
     return ret
@@ -122,25 +121,20 @@ for (flags, base) in [(UInt32(0), UInt64(3120)), (submitAll, 3130)] {
 //
 // Most requests finish in two steps. The event (data arriving on a socket) happens in some
 // other context, and the kernel queues "task work" for the task that owns the request; the
-// task work finishes the request (here: the recv copies the data) and posts the CQE. When
-// that work runs is what these flags change.
-//   default: the kernel interrupts the task to run it at once (a signal-like notification; an
-//            IPI if the task is running on another CPU), or at the latest when the task next
-//            returns from the kernel;
-//   COOP_TASKRUN: no interruption: it runs when the task next returns from the kernel for
-//            any reason (a system call, an interrupt);
-//   DEFER_TASKRUN: it runs only when the task enters io_uring_enter to get events
-//            (io_uring_get_events, a wait), and nowhere else;
-//   TASKRUN_FLAG: while such work is pending, the kernel sets IORING_SQ_TASKRUN in the SQ
-//            ring's flags, so a program that only peeks knows it should enter.
+// task work finishes it (the recv copies the data) and posts the CQE. By default the kernel
+// notifies the task as a signal would (TIF_NOTIFY_SIGNAL): a task asleep in a system call is
+// woken, one running on another CPU gets an IPI, and the work runs when the task next returns
+// from the kernel. COOP_TASKRUN drops only the IPI (section 4). DEFER_TASKRUN runs the work
+// only when the task enters io_uring_enter to get events (io_uring_get_events, a wait).
+// TASKRUN_FLAG sets IORING_SQ_TASKRUN in the SQ ring's flags while such work is pending.
 //
 // Each ring gets a recv on an empty socket (a socketpair(2), the other end ours), then this
-// thread writes two bytes into the other end with send(2), a system call that does not touch
-// the ring. The recv's task work is queued during that send. Then, without entering the
-// kernel, we look: the SQ flags, io_uring_cq_ready (CQEs in the CQ), and io_uring_peek_cqe.
-// (On default and COOP_TASKRUN rings, the work ran when send(2) returned: this thread wrote.)
-// liburing 2.3's peek enters the kernel itself when it sees IORING_SQ_TASKRUN (or an
-// overflow), and otherwise returns -EAGAIN without a system call.
+// thread writes two bytes into the other end with send(2), which does not touch the ring: the
+// recv's task work is queued during it. Then, without entering the kernel, we look: the SQ
+// flags, io_uring_cq_ready (CQEs in the CQ), io_uring_peek_cqe. (On default and COOP_TASKRUN
+// rings the work ran as send(2) returned: this thread wrote.) liburing 2.3's peek enters the
+// kernel itself on IORING_SQ_TASKRUN (or an overflow, or on an IOPOLL ring), and otherwise
+// returns -EAGAIN without a system call.
 
 nonisolated(unsafe) var heldFds: [Int32] = []  // one thread only; Swift 6 wants a word for a global var
 func stop(_ message: String) -> Never {
@@ -191,15 +185,71 @@ for (flags, userData) in [(UInt32(0), UInt64(3141)), (coop | taskrunFlag, 3151),
 }
 buffer.deallocate()
 
-// MARK: - 4. SINGLE_ISSUER: a second thread submits
+// MARK: - 4. Who is woken: a blocking recv(2) while a completion arrives
+//
+// Section 3's notification also wakes a task asleep in a system call. A second thread blocks
+// in recv(2) on a socketpair nobody writes to, 0.25 s at most (SO_RCVTIMEO), one ring at a
+// time; this thread sends to that ring's recv once /proc/self/task/TID/syscall shows the other
+// asleep in a call on that socket. Woken, a recv(2) with a time limit ends with EINTR (one
+// without is restarted, unseen), on COOP_TASKRUN too. DEFER_TASKRUN notifies nobody: the
+// recv(2) times out (EAGAIN). Why a fresh thread: destroying a ring notifies every task that
+// used it the same way (its exit work queues task work, TWA_SIGNAL): old rings could wake us.
+
+let sockets = Mutex<[(writer: Int32, idle: Int32)]>([]), blockerTid = Atomic<Int32>(0)
+let step = Atomic<Int>(0)  // 2k + 1: the blocking thread is about to recv(2) for ring k; 2k + 2: it is back
+let demo = [(UInt32(0), UInt64(3145)), (coop, 3155), (singleIssuer | deferTaskrun, 3165)]
+print("recv(2) on another socket, 0.25 s limit, while a send(2) completes the ring's recv:")
+let blocker = startThread { [demo] in
+    var link = [CChar](repeating: 0, count: 64)
+    let length = max(0, readlink("/proc/thread-self", &link, 63))  // "PID/task/TID"
+    let text = String(decoding: link[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    blockerTid.store(Int32(text.split(separator: "/").last ?? "") ?? 0, ordering: .releasing)
+    var rings: [Ring] = [], fds: [Int32] = []
+    let buffers = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * demo.count, alignment: 16)
+    for (k, (flags, userData)) in demo.enumerated() {
+        let ring = ring(flags)
+        rings.append(ring)
+        var pair: [Int32] = [-1, -1], idle: [Int32] = [-1, -1], limit = timeval(tv_sec: 0, tv_usec: 250_000)
+        let stream = Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue)
+        guard socketpair(AF_UNIX, stream, 0, &pair) == 0, socketpair(AF_UNIX, stream, 0, &idle) == 0 else { fail("socketpair: \(describe(res: -errno))") }
+        fds += pair + idle
+        setsockopt(idle[0], SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        prepare(ring, userData) { io_uring_prep_recv($0, pair[0], buffers.baseAddress! + 16 * k, 16, 0) }
+        checkSubmit(io_uring_submit(ring), 1)
+        sockets.withLock { $0.append((pair[1], idle[0])) }
+        step.store(2 * k + 1, ordering: .releasing)
+        var byte: UInt8 = 0
+        let got = recv(idle[0], &byte, 1, 0), error = errno
+        step.store(2 * k + 2, ordering: .releasing)
+        print("\(flags == 0 ? "default" : names(flags)): recv(2) = \(got < 0 ? describe(res: -error) : "\(got)"); "
+            + "CQ ready \(io_uring_cq_ready(ring))")
+        printCQE(waitCQE(ring, seconds: 5), "  io_uring_wait_cqe")
+    }
+    for ring in rings { destroyRing(ring) }
+    for fd in fds { close(fd) }
+    buffers.deallocate()
+}
+for k in 0..<demo.count {  // each wait 5 s at most; a send that comes late changes the output, not the end
+    var tries = 0
+    while step.load(ordering: .acquiring) < 2 * k + 1 && tries < 5000 { usleep(1000); tries += 1 }
+    let (writer, idle) = sockets.withLock { $0[k] }, file = "/proc/self/task/\(blockerTid.load(ordering: .acquiring))/syscall"
+    let asleep = "0x\(String(idle, radix: 16))"  // the file says "45 0x6 ..." for recvfrom(6, ...), asleep; "running" if not
+    while step.load(ordering: .acquiring) == 2 * k + 1 && tries < 5000,
+          readLines(file)?.first?.split(separator: " ").dropFirst().first.map(String.init) != asleep { usleep(1000); tries += 1 }
+    _ = send(writer, "hi", 2, 0)
+    while step.load(ordering: .acquiring) < 2 * k + 2 && tries < 5000 { usleep(1000); tries += 1 }
+}
+pthread_join(blocker, nil)
+
+// MARK: - 5. SINGLE_ISSUER: a second thread submits
 //
 // With IORING_SETUP_SINGLE_ISSUER the kernel may skip locking that several submitting threads
 // would need, and it checks: io_uring_enter from any other thread that submits fails with
-// -EEXIST. Which thread is "the" issuer? On Linux 6.1 and later (this lesson's kernels), the
-// one that created the ring, from the start, for every SINGLE_ISSUER ring, not only
-// DEFER_TASKRUN ones (io_uring_create sets ctx->submitter_task; Linux 6.0 waited for the first
-// submit). With DEFER_TASKRUN, getting events is the issuer's too: it runs the ring's task
-// work, which only the issuer may. The second thread's NOP is not lost: it stays in the SQ,
+// -EEXIST, and so does its io_uring_register. Which thread is "the" issuer? The one that
+// created the ring, from the start (io_uring_create sets ctx->submitter_task; only Linux 6.0's
+// release candidates waited for the first submit). With DEFER_TASKRUN, getting events is the
+// issuer's too: it runs the ring's task work, which only the issuer may. A register that
+// succeeded is undone at once. The second thread's NOP is not lost: it stays in the SQ,
 // and this thread's next submit takes it. The second thread uses the ring while this one waits
 // in pthread_join, so the ring (liburing's struct is not thread-safe) has one user at a time.
 
@@ -209,31 +259,31 @@ struct RingForThread: @unchecked Sendable { let ring: Ring }
 
 for (flags, userData) in [(singleIssuer, UInt64(3181)), (singleIssuer | deferTaskrun, 3191)] {
     let ring = ring(flags)
-    let shared = RingForThread(ring: ring), answers = Mutex<(submit: Int32, events: Int32)>((0, 0))
+    let shared = RingForThread(ring: ring), answers = Mutex<[Int32]>([])
     let thread = startThread {
         prepare(shared.ring, userData) { io_uring_prep_nop($0) }
         let submit = io_uring_submit(shared.ring), events = io_uring_get_events(shared.ring)
-        answers.withLock { $0 = (submit, events) }
+        let registered = io_uring_register_ring_fd(shared.ring)
+        if registered == 1 { _ = io_uring_unregister_ring_fd(shared.ring) }
+        answers.withLock { $0 = [submit, events, registered] }
     }
     pthread_join(thread, nil)
-    let (submit, events) = answers.withLock { $0 }
-    print("\(names(flags)) ring, made by this thread, nothing submitted yet: a second thread's io_uring_submit = \(describe(res: submit)), "
-        + "io_uring_get_events = \(describe(res: events))")
+    let said = answers.withLock { $0.map { describe(res: $0) } }
+    print("\(names(flags)) ring, made by this thread, nothing submitted yet; a second thread's calls:")
+    print("  io_uring_submit = \(said[0]), io_uring_get_events = \(said[1]), io_uring_register_ring_fd = \(said[2])")
     print("  this thread: io_uring_submit = \(describe(res: io_uring_submit(ring))) (the NOP the second thread left in the SQ)")
     printCQE(waitCQE(ring, seconds: 5), "  CQE")
     destroyRing(ring)
 }
 
-// MARK: - 5. io_uring_register_ring_fd
+// MARK: - 6. io_uring_register_ring_fd
 //
-// Every io_uring_enter starts by finding the ring from its fd: a lookup in the process's file
-// table (fdget), and with several threads sharing that table, a reference taken and dropped
-// on the ring's file. io_uring_register_ring_fd puts the ring in a small table of the calling
-// thread's own (16 entries) and returns its index; io_uring_enter with
-// IORING_ENTER_REGISTERED_RING then takes that index instead of an fd, with no lookup.
-// liburing 2.3 keeps the index in the ring's `enter_ring_fd` and sets INT_FLAG_REG_RING (1)
-// in `int_flags`; from then on its submit and wait calls pass the index and the flag by
-// themselves. The index is not an fd: we try it both ways with the raw io_uring_enter.
+// Every io_uring_enter starts by finding the ring from its fd (fdget: with several threads,
+// a reference taken and dropped on the ring's file). io_uring_register_ring_fd puts the ring
+// in a small table of the calling thread's own (16 entries) and returns its index, which
+// io_uring_enter with IORING_ENTER_REGISTERED_RING takes instead of an fd. liburing 2.3 keeps
+// it in `enter_ring_fd`, sets INT_FLAG_REG_RING (1) in `int_flags`, and from then on passes
+// both by itself. The index is not an fd: we try it both ways with the raw io_uring_enter.
 
 let modern = ring(singleIssuer | deferTaskrun)
 let ringFd = modern.pointee.ring_fd
@@ -243,7 +293,7 @@ let registered = io_uring_register_ring_fd(modern)
 print("io_uring_register_ring_fd = \(describe(res: registered)); enter_ring_fd=\(modern.pointee.enter_ring_fd)"
     + " (the registered index), int_flags=0x\(String(modern.pointee.int_flags, radix: 16)) (INT_FLAG_REG_RING)")
 guard registered == 1 else { fail("io_uring_register_ring_fd returned \(describe(res: registered))") }
-prepare(modern, 3201) { io_uring_prep_nop($0) }
+prepare(modern, 3201) { io_uring_prep_nop($0) }  // a NOP completes during the submit: this wait has no time limit, and needs none
 print("io_uring_submit_and_wait, through the index = \(describe(res: io_uring_submit_and_wait(modern, 1)))")
 printCQE(waitCQE(modern, seconds: 5), "  CQE")
 let index = UInt32(modern.pointee.enter_ring_fd), getEvents = IORING_ENTER_GETEVENTS
