@@ -167,8 +167,8 @@ print("  poll(2) on the same fd: revents = \(pollNow(pipe2.write, POLLIN))")
 // directions, or closed (never connected, or reset); a peer's close is half of that: POLLRDHUP
 // ("peer closed connection, or shut down writing half of connection", man 2 poll), with POLLIN,
 // since a read now returns 0 at once.
-// io_uring reports POLLRDHUP even to a poll that did not ask for it, as it always reports
-// POLLERR and POLLHUP; poll(2) reports it only when asked.
+// io_uring reports POLLRDHUP to this poll for input, unasked, as it reports POLLERR and POLLHUP
+// to any poll; poll(2) reports it only when asked.
 
 let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
 guard listener >= 0 else { stop("socket: \(describe(res: -errno))") }
@@ -242,7 +242,7 @@ closeFd(pipe3.read)
 // IORING_OP_POLL_REMOVE, with flags in sqe->len: IORING_POLL_UPDATE_EVENTS replaces the mask,
 // IORING_POLL_UPDATE_USER_DATA the user_data. The kernel takes the poll off its wait queue,
 // changes it, and arms it again: if the new mask is ready at once, the poll completes at once,
-// under its new user_data. (From 5.19 until the fix 84230ad2d2af, Dec 2025, that completion
+// under its new user_data. (From 6.0 until the fix 84230ad2d2af, Dec 2025, that completion
 // was lost: no CQE ever came. So the lesson waits 1 s for it, and says so if it did not come.)
 // The update's own CQE says 0, or -ENOENT when no pending poll has old_user_data.
 
