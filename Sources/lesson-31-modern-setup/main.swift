@@ -243,8 +243,8 @@ pthread_join(blocker, nil)
 
 // MARK: - 5. SINGLE_ISSUER: a second thread submits
 //
-// With IORING_SETUP_SINGLE_ISSUER the kernel may skip locking that several submitting threads
-// would need, and it checks: io_uring_enter from any other thread that submits fails with
+// IORING_SETUP_SINGLE_ISSUER promises one submitting thread (for the kernel's optimisations),
+// and the kernel checks: io_uring_enter from any other thread that submits fails with
 // -EEXIST, and so does its io_uring_register. Which thread is "the" issuer? The one that
 // created the ring, from the start (io_uring_create sets ctx->submitter_task; only Linux 6.0's
 // release candidates waited for the first submit). With DEFER_TASKRUN, getting events is the
@@ -299,8 +299,10 @@ printCQE(waitCQE(modern, seconds: 5), "  CQE")
 let index = UInt32(modern.pointee.enter_ring_fd), getEvents = IORING_ENTER_GETEVENTS
 print("io_uring_enter(\(index), 0, 0, GETEVENTS|REGISTERED_RING) = "
     + describe(res: io_uring_enter(index, 0, 0, getEvents | IORING_ENTER_REGISTERED_RING, nil)) + ": the ring at index \(index)")
-print("io_uring_enter(\(index), 0, 0, GETEVENTS) = " + describe(res: io_uring_enter(index, 0, 0, getEvents, nil))
-    + ": fd \(index) (standard input) is not a ring")
+// Without the flag the number is an fd: standard input's, unless that was closed (then no fd, or a ring took its number).
+let fdIs = Int32(index) == ringFd ? "this very ring (standard input was closed)"
+    : fcntl(Int32(index), F_GETFD) < 0 ? "not open (standard input was closed)" : "standard input, not a ring"
+print("io_uring_enter(\(index), 0, 0, GETEVENTS) = " + describe(res: io_uring_enter(index, 0, 0, getEvents, nil)) + ": fd \(index) is \(fdIs)")
 print("io_uring_enter(1, 0, 0, GETEVENTS|REGISTERED_RING) = "
     + describe(res: io_uring_enter(1, 0, 0, getEvents | IORING_ENTER_REGISTERED_RING, nil)) + ": index 1 holds no ring")
 let unregistered = io_uring_unregister_ring_fd(modern)
