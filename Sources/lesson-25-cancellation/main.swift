@@ -2,21 +2,14 @@
 //
 // A cancel is a request like any other: IORING_OP_ASYNC_CANCEL names its target (by user_data,
 // by file, or "anything"), the kernel searches the places where a request can wait, and two
-// CQEs answer. The target's says how *it* ended: -ECANCELED if the kernel stopped it, or
-// whatever it ended with if it was too far along to stop. The cancel's own says what the search
-// found: 0 (found, and stopped), a count (with IORING_ASYNC_CANCEL_ALL or _ANY), -ENOENT
-// (nothing to find: never submitted, or already completed) or -EALREADY (found it running on an
-// io-wq worker; asked it to stop; its CQE comes when it ends). io_uring_register_sync_cancel
-// (Linux 6.0) runs the same search inside a system call and waits, within a time limit, until
-// the target is gone.
-//
-// Every target is really in flight when its cancel comes: a recv on an empty socket, a read of
-// an empty pipe, a timer 100 s away, a splice stuck on an io-wq worker. CQEs are printed in the
-// order they arrived, numbered from 1 in each section.
+// CQEs answer, one per request: the target's says how *it* ended, the cancel's what the search
+// found. io_uring_register_sync_cancel (6.0) runs the search inside a system call. Here each
+// answer is made to happen; lessons/25-cancellation.md says what each means and does not mean.
+// Every target is really in flight when its cancel comes. CQEs are printed in the order they
+// arrived, numbered from 1 in each section.
 //
 // Read next: man 3 io_uring_prep_cancel (cancel64 and cancel_fd are on it),
-// man 3 io_uring_register_sync_cancel, man 3 io_uring_prep_recv_multishot,
-// man 2 io_uring_enter (IORING_OP_ASYNC_CANCEL).
+// man 3 io_uring_register_sync_cancel, man 2 io_uring_enter (IORING_OP_ASYNC_CANCEL).
 
 import Glibc
 import CLiburing
@@ -29,8 +22,8 @@ _ = lessonArguments(usage: "lesson-25-cancellation", max: 0)
 //
 // Fixed user_data: 25, then the section, then the request: 2521 is section 2's first request.
 // Sockets A and B are one end each of two socketpairs (peerA and peerB the other ends); nothing
-// is written to them unless the lesson says so, so a recv on them waits. Nothing here runs on an io-wq worker
-// before section 7: a recv or read that has to wait is armed on the file's poll wait queue.
+// is written to them unless the lesson says so: a recv on them waits, armed on the socket's
+// wait queue (lesson 26's "fast poll"), not on an io-wq worker.
 
 let ring = makeRing(entries: 16)
 requireOpcodes(ring, IORING_OP_ASYNC_CANCEL, IORING_OP_RECV, IORING_OP_READ, IORING_OP_TIMEOUT,
@@ -40,7 +33,7 @@ probe.addr = 2500
 if io_uring_register_sync_cancel(ring, &probe) == -EINVAL { skip("IORING_REGISTER_SYNC_CANCEL needs Linux 6.0") }
 
 // The helpers below are @MainActor: they use the lesson's globals, which live on its one thread.
-var heldFds: [Int32] = []  // closed by stop() before it fails
+var heldFds: [Int32] = []  // closed by stop() before it fails, so a failure is one error: line
 @MainActor func stop(_ message: String) -> Never {
     for fd in heldFds { close(fd) }
     fail(message)
@@ -55,8 +48,7 @@ heldFds += pair
 guard pipe(&pipeFDs) == 0 else { stop("pipe: \(describe(res: -errno))") }
 heldFds += pipeFDs
 
-// Buffers and the timer's timespec stay at one address until the lesson ends, long after every
-// CQE of a request that points at them.
+// Buffers and the timer's timespec stay at one address until the lesson ends.
 let buffers = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 8, alignment: 8)
 @MainActor func buffer(_ n: Int) -> UnsafeMutableRawPointer { buffers.baseAddress! + 64 * n }
 let farAway = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
@@ -64,43 +56,56 @@ farAway.initialize(to: __kernel_timespec(tv_sec: 100, tv_nsec: 0))
 
 let names: [UInt64: String] = [
     2521: "recv (socket A)", 2522: "cancel user_data=2521", 2523: "timeout 100 s", 2524: "cancel user_data=2523",
-    2525: "cancel user_data=2521, again", 2526: "cancel user_data=2529, never submitted",
+    2525: "cancel user_data=2521, again", 2526: "cancel user_data=2520, never submitted",
+    2527: "recv (socket A), IOSQE_IO_LINK", 2528: "nop, linked behind 2527", 2529: "cancel user_data=2528 (linked)",
     2531: "recv (socket A)", 2532: "cancel user_data=2531, ALL", 2533: "cancel user_data=2531, ALL, again",
     2541: "recv (socket A)", 2542: "recv (socket A)", 2543: "recv (slot 0: socket B)", 2544: "timeout 100 s",
     2545: "read (empty pipe)", 2546: "cancel_fd socket A", 2547: "cancel_fd socket A, ALL",
-    2548: "cancel_fd slot 0, FD_FIXED", 2549: "cancel ANY",
-    2551: "multishot recv", 2552: "cancel user_data=2551", 2561: "recv (socket A)",
-    2571: "splice (socket A -> pipe)", 2572: "splice (socket B -> pipe)", 2573: "cancel user_data=2572",
+    2548: "cancel_fd slot 0, FD_FIXED", 2549: "cancel ANY", 2551: "multishot recv", 2552: "cancel user_data=2551",
+    2561: "recv (socket A)", 2571: "splice (socket A -> pipe)", 2572: "splice (socket B -> pipe)",
+    2573: "cancel user_data=2572", 2574: "cancel user_data=2572, ALL",
 ]
 
 @MainActor func prepare(_ userData: UInt64, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) {
-    let sqe = getSQE(ring)
+    guard let sqe = io_uring_get_sqe(ring) else { stop("io_uring_get_sqe: the SQ is full") }
     prep(sqe)
     io_uring_sqe_set_data64(sqe, userData)
+}
+/// The next CQE (a copy), waited for 5 s at most: a wait that ends otherwise stops the lesson.
+@MainActor func nextCQE() -> io_uring_cqe {
+    var cqe: UnsafeMutablePointer<io_uring_cqe>?, limit = __kernel_timespec(tv_sec: 5, tv_nsec: 0)
+    let ret = io_uring_wait_cqe_timeout(ring, &cqe, &limit)
+    guard ret == 0, let cqe else { stop("io_uring_wait_cqe_timeout returned \(describe(res: ret))\(ret == -ETIME ? ": no CQE within 5 s" : "")") }
+    defer { io_uring_cqe_seen(ring, cqe) }
+    return cqe.pointee
 }
 var cqeNumber = 0  // the CQEs' arrival order within a section
 @MainActor func section(_ title: String) { print(title); cqeNumber = 0 }
 /// Submit what is queued (`submitted` SQEs), then wait for `count` CQEs and print each as it arrives.
 @discardableResult @MainActor
 func submitAndReap(_ submitted: Int, _ count: Int) -> [io_uring_cqe] {
-    if submitted > 0 { checkSubmit(io_uring_submit(ring), submitted) }
+    if submitted > 0, case let ret = io_uring_submit(ring), ret != submitted {
+        stop("io_uring_submit returned \(describe(res: ret)), expected \(submitted)")
+    }
     return (0..<count).map { _ in
-        let cqe = waitCQE(ring, seconds: 5)
+        let cqe = nextCQE()
         cqeNumber += 1
         printCQE(cqe, "CQE \(cqeNumber): \(names[cqe.user_data] ?? "?")")
         return cqe
     }
 }
+@MainActor func sendText(_ text: String, to fd: Int32, _ name: String) {
+    guard send(fd, text, text.utf8.count, Int32(MSG_NOSIGNAL)) == text.utf8.count else { stop("send: \(describe(res: -errno))") }
+    print("wrote \(quoted(text.utf8)) to \(name)")
+}
 
 // MARK: - 2. Cancel by user_data
 //
-// io_uring_prep_cancel64(sqe, user_data, 0) finds the one request submitted with that
-// user_data. The recv waits for data in the socket's poll wait queue (and in the ring's table
-// of poll-armed requests, where the cancel finds it); the timer waits in the ring's list of
-// timeouts. Each target is submitted first, its cancel in a second submit: the target is
-// surely waiting when the cancel is searched for. Two CQEs per pair: the cancel's 0 (found
-// and stopped) and the target's -ECANCELED. A user_data that nothing holds any more gives
-// -ENOENT: 2521, whose CQE we have just read, and 2529, never used.
+// io_uring_prep_cancel64(sqe, user_data, 0) stops one request with that user_data. Each target
+// is submitted before its cancel, so it is surely waiting: the recv in the poll table, the
+// timer in the timeouts. Then three -ENOENT: for a user_data whose CQE we have read, one never
+// used, and a nop in flight where no cancel looks: linked behind a recv (IOSQE_IO_LINK), not
+// yet issued. Data for the recv lets both complete.
 
 section("2. cancel by user_data: io_uring_prep_cancel64(sqe, user_data, 0)")
 prepare(2521) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
@@ -112,14 +117,22 @@ submitAndReap(1, 0)
 prepare(2524) { io_uring_prep_cancel64($0, 2523, 0) }
 submitAndReap(1, 2)
 prepare(2525) { io_uring_prep_cancel64($0, 2521, 0) }
-prepare(2526) { io_uring_prep_cancel64($0, 2529, 0) }
+prepare(2526) { io_uring_prep_cancel64($0, 2520, 0) }
 submitAndReap(2, 2)
+prepare(2527) { io_uring_prep_recv($0, socketA, buffer(1), 64, 0); io_uring_sqe_set_flags($0, IOSQE_IO_LINK) }
+prepare(2528) { io_uring_prep_nop($0) }
+submitAndReap(2, 0)
+prepare(2529) { io_uring_prep_cancel64($0, 2528, 0) }
+submitAndReap(1, 1)
+print("CQEs ready: \(io_uring_cq_ready(ring))")
+sendText("hi\n", to: peerA, "socket A")
+submitAndReap(0, 2)
 
 // MARK: - 3. IORING_ASYNC_CANCEL_ALL: every request with that user_data
 //
-// user_data need not be unique. Three recvs on socket A share 2531; without a flag a cancel
-// stops the first it finds, with IORING_ASYNC_CANCEL_ALL (5.19) every one, and its res is the
-// count. With ALL, finding nothing is not an error: res 0, where a plain cancel says -ENOENT.
+// Three recvs on socket A share 2531. Without a flag a cancel stops the first it finds; with
+// IORING_ASYNC_CANCEL_ALL (5.19) every one, and its res is the count. Finding nothing is then
+// res 0, not -ENOENT.
 
 section("3. IORING_ASYNC_CANCEL_ALL: three recvs share user_data=2531")
 for n in 1...3 { prepare(2531) { io_uring_prep_recv($0, socketA, buffer(n), 64, 0) } }
@@ -131,13 +144,10 @@ submitAndReap(1, 1)
 
 // MARK: - 4. IORING_ASYNC_CANCEL_FD, _FD_FIXED and _ANY
 //
-// io_uring_prep_cancel_fd(sqe, fd, flags) sets IORING_ASYNC_CANCEL_FD (5.19): the kernel takes
-// the fd's file and cancels a request working on that file, whatever its user_data. Alone it
-// stops one (which one: the first in the kernel's own tables, not the first submitted); with
-// ALL, every one. Timeouts have no file and are never matched by fd. With
-// IORING_ASYNC_CANCEL_FD_FIXED the number is a slot of the ring's file table (lesson 13), for
-// requests made with IOSQE_FIXED_FILE. IORING_ASYNC_CANCEL_ANY matches every request of the
-// ring; it implies ALL, and its res is the count.
+// io_uring_prep_cancel_fd(sqe, fd, flags) sets IORING_ASYNC_CANCEL_FD (5.19): it matches the
+// requests whose file is that fd's file, whatever their user_data; alone the first found, with
+// ALL every one. Timeouts have no file. With _FD_FIXED the number is a slot of the ring's file
+// table (lesson 13). IORING_ASYNC_CANCEL_ANY matches every request of the ring and implies ALL.
 
 section("4. IORING_ASYNC_CANCEL_FD, _FD_FIXED, _ANY: five requests in flight")
 var slots: [Int32] = [socketB]
@@ -162,13 +172,10 @@ _ = io_uring_unregister_files(ring)
 // MARK: - 5. Cancelling a multishot recv
 //
 // A multishot recv (lesson 22) on a TCP connection takes its buffers from a ring of two
-// (lesson 21's steps, in LabNet's makeBufferRing). Two messages use both, and none is given
-// back; then the cancel. Its last CQE is the one without F_MORE. What that last CQE is depends
-// on the kernel: one that stays armed until more data comes (this lesson saw 6.12 and 6.18 do
-// so on TCP) answers the cancel with 0 and ends with -ECANCELED; one that tries again at once
-// for the next message finds no buffer, ends with -ENOBUFS before the cancel is even
-// submitted, and the cancel finds nothing (-ENOENT; seen on 6.1). The loop reads CQEs until it
-// has both the cancel's and the recv's last, whichever comes first.
+// (lesson 21's steps, in LabNet's makeBufferRing). Two messages use both, none is given back;
+// then the cancel. The recv's last CQE lacks F_MORE: -ECANCELED if it was still armed (6.5 and
+// later, on TCP), or -ENOBUFS if it had tried another receive at once and found no buffer
+// (6.1), and then the cancel finds nothing. The loop reads until it has both last CQEs.
 
 section("5. cancelling a multishot recv: TCP on 127.0.0.1, a buffer ring of 2 buffers")
 let (listener, port, _) = listenOnLoopback(ring, port: 0)
@@ -185,7 +192,7 @@ prepare(2551) {
     io_uring_sqe_set_flags($0, IOSQE_BUFFER_SELECT)
     $0.pointee.buf_group = 25
 }
-checkSubmit(io_uring_submit(ring), 1)
+submitAndReap(1, 0)
 var multishotEnded = false
 for message in ["first\n", "second\n"] {
     guard send(client, message, message.utf8.count, Int32(MSG_NOSIGNAL)) == message.utf8.count else { stop("send: \(describe(res: -errno))") }
@@ -198,7 +205,7 @@ for message in ["first\n", "second\n"] {
 }
 print("both buffers used and none given back; now the cancel")
 prepare(2552) { io_uring_prep_cancel64($0, 2551, 0) }
-checkSubmit(io_uring_submit(ring), 1)
+submitAndReap(1, 0)
 var cancelAnswered = false
 while !cancelAnswered || !multishotEnded {
     let cqe = submitAndReap(0, 1)[0]
@@ -209,18 +216,17 @@ _ = bufferRing.free()  // nothing selects from group 25 any more
 
 // MARK: - 6. io_uring_register_sync_cancel: the search inside a system call
 //
-// io_uring_register_sync_cancel(ring, &reg) (Linux 6.0, IORING_REGISTER_SYNC_CANCEL) takes a
-// struct io_uring_sync_cancel_reg: addr (the user_data), fd, flags (the same IORING_ASYNC_CANCEL_*),
-// and timeout, how long it may wait for a running target to finish ({-1, -1}: no limit). There
-// is no cancel SQE and no cancel CQE: the call returns what the cancel's res would be. The
-// target's CQE is still a CQE, and it is already in the CQ when the call returns.
+// io_uring_register_sync_cancel(ring, &reg) (IORING_REGISTER_SYNC_CANCEL) takes a struct
+// io_uring_sync_cancel_reg: addr (the user_data), fd, flags (IORING_ASYNC_CANCEL_*), and timeout,
+// how long it may wait for a running target ({-1, -1}: no limit). No cancel SQE, no cancel
+// CQE: the call returns the answer. The target's CQE is in the CQ when the call returns.
 
 section("6. io_uring_register_sync_cancel: no SQE, the call returns the answer")
 prepare(2561) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
 submitAndReap(1, 0)
-@MainActor func syncCancel(_ userData: UInt64, timeout: __kernel_timespec) -> (ret: Int32, milliseconds: Int64) {
+@MainActor func syncCancel(_ userData: UInt64, flags: UInt32 = 0, timeout: __kernel_timespec) -> (ret: Int32, milliseconds: Int64) {
     var reg = io_uring_sync_cancel_reg()  // the kernel copies it during the call; pad stays zero
-    (reg.addr, reg.timeout) = (userData, timeout)
+    (reg.addr, reg.flags, reg.timeout) = (userData, flags, timeout)
     let started = ContinuousClock.now
     let ret = io_uring_register_sync_cancel(ring, &reg)
     let elapsed = (ContinuousClock.now - started).components
@@ -233,21 +239,15 @@ submitAndReap(0, 1)
 answer = syncCancel(2561, timeout: oneSecond)
 print("io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = \(describe(res: answer.ret))")
 
-// MARK: - 7. A request already running: -EALREADY, and a sync cancel that times out
+// MARK: - 7. A request already running: -EALREADY, ALL's 0, and a sync cancel that times out
 //
-// A splice (IORING_OP_SPLICE) always runs on an io-wq worker, a kernel thread of this process
-// (iou-wrk-PID) that makes the blocking call. The first, from empty socket A into the pipe,
-// sleeps waiting for data while it holds the pipe's lock (splicing into a pipe does). The
-// second, from socket B (7 bytes in it) into the same pipe, waits for that lock, and that
-// wait cannot be interrupted. We wait until both workers are asleep (/proc/self/task/*/wchan
-// names where a thread sleeps; an idle worker sleeps in io_wq_worker).
-//
-// The cancel finds the second splice running: it flags the work as cancelled, nudges its
-// worker (as a signal would), and answers -EALREADY. The worker cannot act on it, so nothing
-// more happens: no CQE. A sync cancel with a 20 ms limit looks again and waits, and gives up
-// with -ETIME. Then a write to socket A lets the first splice finish and release the lock, and
-// the second, cancelled twice, does its whole job. (Which of the two splice CQEs comes first
-// varies; they are printed in user_data order.)
+// A splice always runs on an io-wq worker, a kernel thread of this process (iou-wrk-PID) that
+// makes the blocking call. The first, from empty socket A into the pipe, sleeps waiting for
+// data while it holds the pipe's lock. The second, from socket B (7 bytes in it) into the same
+// pipe, waits for that lock, a wait no signal interrupts. We wait until both workers are
+// asleep (/proc/self/task/*/wchan: where a thread sleeps; an idle worker's is io_wq_worker).
+// Then the cancels of the second: -EALREADY; ALL's 0 while it runs on; a sync cancel with ALL
+// at once, without it after its 20 ms. Data on socket A ends the first splice, then the second.
 
 section("7. a request already running on an io-wq worker: -EALREADY")
 /// Where each io-wq worker of this process that is busy with a request sleeps.
@@ -269,8 +269,7 @@ func workersAsleep() -> [String] {
     guard asleep.count == count else { stop("expected \(count) io-wq workers asleep in a request, found \(asleep.count)") }
     print("io-wq workers asleep in a request: \(count) (\(asleep.joined(separator: ", ")))")
 }
-let queued = Array("queued\n".utf8), go = Array("go\n".utf8)
-guard write(peerB, queued, queued.count) == queued.count else { stop("write to socket B: \(describe(res: -errno))") }
+guard send(peerB, "queued\n", 7, Int32(MSG_NOSIGNAL)) == 7 else { stop("send: \(describe(res: -errno))") }
 prepare(2571) { io_uring_prep_splice($0, socketA, -1, pipeFDs[1], -1, 64, 0) }
 submitAndReap(1, 0)
 print("submitted: splice (socket A, empty -> pipe), user_data=2571")
@@ -281,19 +280,23 @@ print("submitted: splice (socket B, 7 bytes -> pipe), user_data=2572")
 waitUntilAsleep(2)
 prepare(2573) { io_uring_prep_cancel64($0, 2572, 0) }
 submitAndReap(1, 1)
+prepare(2574) { io_uring_prep_cancel64($0, 2572, Int32(IORING_ASYNC_CANCEL_ALL)) }
+submitAndReap(1, 1)
 print("CQEs ready: \(io_uring_cq_ready(ring))")
+answer = syncCancel(2572, flags: IORING_ASYNC_CANCEL_ALL, timeout: oneSecond)
+print("io_uring_register_sync_cancel(user_data=2572, ALL, timeout 1 s) = \(describe(res: answer.ret)) after \(answer.milliseconds) ms")
+waitUntilAsleep(2)
 answer = syncCancel(2572, timeout: __kernel_timespec(tv_sec: 0, tv_nsec: 20_000_000))
 print("io_uring_register_sync_cancel(user_data=2572, timeout 20 ms) = \(describe(res: answer.ret)) after \(answer.milliseconds) ms")
-guard write(peerA, go, go.count) == go.count else { stop("write to socket A: \(describe(res: -errno))") }
-print("wrote \(quoted(go)) to socket A")
-let splices = (0..<2).map { _ in waitCQE(ring, seconds: 5) }.sorted { $0.user_data < $1.user_data }
-for cqe in splices { printCQE(cqe, names[cqe.user_data] ?? "?") }
+sendText("go\n", to: peerA, "socket A")
+for cqe in (0..<2).map({ _ in nextCQE() }).sorted(by: { $0.user_data < $1.user_data }) {  // they come in either order
+    printCQE(cqe, names[cqe.user_data] ?? "?")
+}
+_ = fcntl(pipeFDs[0], F_SETFL, O_NONBLOCK)  // an empty pipe reads as -EAGAIN, not a wait without end
 let piped = read(pipeFDs[0], buffer(0), 64)
 print("the pipe holds \(quoted(UnsafeRawBufferPointer(start: buffer(0), count: max(piped, 0))))")
 
-// MARK: - 8. Cleaning up
-//
-// Every request has completed: nothing points into our memory any more.
+// MARK: - 8. Cleaning up: every request has completed, nothing points into our memory.
 
 for fd in heldFds { close(fd) }
 buffers.deallocate()
