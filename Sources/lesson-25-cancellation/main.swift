@@ -3,10 +3,9 @@
 // A cancel is a request like any other: IORING_OP_ASYNC_CANCEL names its target (by user_data,
 // by file, or "anything"), the kernel searches the places where a request can wait, and two
 // CQEs answer, one per request: the target's says how *it* ended, the cancel's what the search
-// found. io_uring_register_sync_cancel (6.0) runs the search inside a system call. Here each
-// answer is made to happen; lessons/25-cancellation.md says what each means and does not mean.
-// Every target is really in flight when its cancel comes. CQEs are printed in the order they
-// arrived, numbered from 1 in each section.
+// found. io_uring_register_sync_cancel (6.0) runs the search inside a system call. Each answer
+// is made to happen, each target really in flight; lessons/25-cancellation.md says what each
+// answer means. CQEs are printed as they arrive, numbered from 1 in each section.
 //
 // Read next: man 3 io_uring_prep_cancel (cancel64 and cancel_fd are on it),
 // man 3 io_uring_register_sync_cancel, man 2 io_uring_enter (IORING_OP_ASYNC_CANCEL).
@@ -20,10 +19,9 @@ _ = lessonArguments(usage: "lesson-25-cancellation", max: 0)
 
 // MARK: - 1. A ring, sockets, a pipe, and names
 //
-// Fixed user_data: 25, then the section, then the request: 2521 is section 2's first request.
-// Sockets A and B are one end each of two socketpairs (peerA and peerB the other ends); nothing
-// is written to them unless the lesson says so: a recv on them waits, armed on the socket's
-// wait queue (lesson 26's "fast poll"), not on an io-wq worker.
+// user_data: 25, the section, the request (2521: section 2's first). Sockets A and B are ends
+// of two socketpairs (peerA, peerB the others); a recv on an empty one waits armed on the
+// socket's wait queue (lesson 26's "fast poll"), not on an io-wq worker.
 
 let ring = makeRing(entries: 16)
 requireOpcodes(ring, IORING_OP_ASYNC_CANCEL, IORING_OP_RECV, IORING_OP_READ, IORING_OP_TIMEOUT,
@@ -63,7 +61,8 @@ let names: [UInt64: String] = [
     2545: "read (empty pipe)", 2546: "cancel_fd socket A", 2547: "cancel_fd socket A, ALL",
     2548: "cancel_fd slot 0, FD_FIXED", 2549: "cancel ANY", 2551: "multishot recv", 2552: "cancel user_data=2551",
     2561: "recv (socket A)", 2571: "splice (socket A -> pipe)", 2572: "splice (socket B -> pipe)",
-    2573: "cancel user_data=2572", 2574: "cancel user_data=2572, ALL",
+    2573: "cancel user_data=2572", 2574: "cancel user_data=2572, ALL", 2575: "splice (socket B -> pipe), queued",
+    2576: "cancel user_data=2575, ALL",
 ]
 
 @MainActor func prepare(_ userData: UInt64, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) {
@@ -101,11 +100,10 @@ func submitAndReap(_ submitted: Int, _ count: Int) -> [io_uring_cqe] {
 
 // MARK: - 2. Cancel by user_data
 //
-// io_uring_prep_cancel64(sqe, user_data, 0) stops one request with that user_data. Each target
-// is submitted before its cancel, so it is surely waiting: the recv in the poll table, the
-// timer in the timeouts. Then three -ENOENT: for a user_data whose CQE we have read, one never
-// used, and a nop in flight where no cancel looks: linked behind a recv (IOSQE_IO_LINK), not
-// yet issued. Data for the recv lets both complete.
+// io_uring_prep_cancel64(sqe, user_data, 0) stops one request with that user_data: a recv in
+// the poll table, a timer in the timeouts, each submitted before its cancel. Then three -ENOENT:
+// a user_data whose CQE we have read, one never used, and a nop in flight where no cancel looks,
+// linked behind a recv (IOSQE_IO_LINK). Data for the recv lets both complete.
 
 section("2. cancel by user_data: io_uring_prep_cancel64(sqe, user_data, 0)")
 prepare(2521) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
@@ -144,10 +142,9 @@ submitAndReap(1, 1)
 
 // MARK: - 4. IORING_ASYNC_CANCEL_FD, _FD_FIXED and _ANY
 //
-// io_uring_prep_cancel_fd(sqe, fd, flags) sets IORING_ASYNC_CANCEL_FD (5.19): it matches the
-// requests whose file is that fd's file, whatever their user_data; alone the first found, with
-// ALL every one. Timeouts have no file. With _FD_FIXED the number is a slot of the ring's file
-// table (lesson 13). IORING_ASYNC_CANCEL_ANY matches every request of the ring and implies ALL.
+// io_uring_prep_cancel_fd(sqe, fd, flags) sets IORING_ASYNC_CANCEL_FD (5.19): requests whose
+// file is that fd's file, whatever their user_data (timeouts have no file). _FD_FIXED: a slot of
+// the file table (lesson 13). IORING_ASYNC_CANCEL_ANY: every request of the ring; implies ALL.
 
 section("4. IORING_ASYNC_CANCEL_FD, _FD_FIXED, _ANY: five requests in flight")
 var slots: [Int32] = [socketB]
@@ -171,11 +168,10 @@ _ = io_uring_unregister_files(ring)
 
 // MARK: - 5. Cancelling a multishot recv
 //
-// A multishot recv (lesson 22) on a TCP connection takes its buffers from a ring of two
-// (lesson 21's steps, in LabNet's makeBufferRing). Two messages use both, none is given back;
-// then the cancel. The recv's last CQE lacks F_MORE: -ECANCELED if it was still armed (6.5 and
-// later, on TCP), or -ENOBUFS if it had tried another receive at once and found no buffer
-// (6.1), and then the cancel finds nothing. The loop reads until it has both last CQEs.
+// A multishot recv (lesson 22) on TCP takes buffers from a ring of two (LabNet's makeBufferRing).
+// Two messages use both, none is given back; then the cancel. The recv's last CQE lacks F_MORE:
+// -ECANCELED if still armed (6.5+), or -ENOBUFS if it tried another receive at once and found
+// no buffer (6.1), and then the cancel finds nothing. The loop reads until both have ended.
 
 section("5. cancelling a multishot recv: TCP on 127.0.0.1, a buffer ring of 2 buffers")
 let (listener, port, _) = listenOnLoopback(ring, port: 0)
@@ -216,10 +212,9 @@ _ = bufferRing.free()  // nothing selects from group 25 any more
 
 // MARK: - 6. io_uring_register_sync_cancel: the search inside a system call
 //
-// io_uring_register_sync_cancel(ring, &reg) (IORING_REGISTER_SYNC_CANCEL) takes a struct
-// io_uring_sync_cancel_reg: addr (the user_data), fd, flags (IORING_ASYNC_CANCEL_*), and timeout,
-// how long it may wait for a running target ({-1, -1}: no limit). No cancel SQE, no cancel
-// CQE: the call returns the answer. The target's CQE is in the CQ when the call returns.
+// io_uring_register_sync_cancel(ring, &reg) takes a struct io_uring_sync_cancel_reg: addr (the
+// user_data), fd, flags (IORING_ASYNC_CANCEL_*), timeout (how long to wait for a running target;
+// {-1, -1}: no limit). No SQE, no cancel CQE: it returns the answer, the target's CQE in the CQ.
 
 section("6. io_uring_register_sync_cancel: no SQE, the call returns the answer")
 prepare(2561) { io_uring_prep_recv($0, socketA, buffer(0), 64, 0) }
@@ -239,17 +234,18 @@ submitAndReap(0, 1)
 answer = syncCancel(2561, timeout: oneSecond)
 print("io_uring_register_sync_cancel(user_data=2561, timeout 1 s) = \(describe(res: answer.ret))")
 
-// MARK: - 7. A request already running: -EALREADY, ALL's 0, and a sync cancel that times out
+// MARK: - 7. Requests on io-wq workers: -EALREADY, counts that are not CQE counts, -ETIME
 //
-// A splice always runs on an io-wq worker, a kernel thread of this process (iou-wrk-PID) that
-// makes the blocking call. The first, from empty socket A into the pipe, sleeps waiting for
-// data while it holds the pipe's lock. The second, from socket B (7 bytes in it) into the same
-// pipe, waits for that lock, a wait no signal interrupts. We wait until both workers are
-// asleep (/proc/self/task/*/wchan: where a thread sleeps; an idle worker's is io_wq_worker).
-// Then the cancels of the second: -EALREADY; ALL's 0 while it runs on; a sync cancel with ALL
-// at once, without it after its 20 ms. Data on socket A ends the first splice, then the second.
+// A splice runs on an io-wq worker (iou-wrk-PID, a kernel thread of this process); we allow
+// two. The first, from empty socket A into the pipe, sleeps waiting for data holding the pipe's
+// lock; the second, from socket B (7 bytes), waits for that lock, a wait no signal interrupts.
+// Once both sleep (/proc/self/task/*/wchan; an idle worker's is io_wq_worker), later splices
+// wait in io-wq's queue. Then the cancels, async and sync; data on socket A ends both splices.
 
-section("7. a request already running on an io-wq worker: -EALREADY")
+section("7. requests on io-wq workers (two at most) and in io-wq's queue")
+var limits: [UInt32] = [0, 2]  // [bounded, unbound]; 0: unchanged. The kernel copies the array.
+let limited = io_uring_register_iowq_max_workers(ring, &limits)
+guard limited == 0 else { stop("io_uring_register_iowq_max_workers returned \(describe(res: limited))") }
 /// Where each io-wq worker of this process that is busy with a request sleeps.
 func workersAsleep() -> [String] {
     guard let dir = opendir("/proc/self/task") else { return [] }
@@ -267,7 +263,7 @@ func workersAsleep() -> [String] {
     var asleep = workersAsleep(), tries = 0
     while asleep.count < count && tries < 2000 { usleep(1000); asleep = workersAsleep(); tries += 1 }  // 2 s at most
     guard asleep.count == count else { stop("expected \(count) io-wq workers asleep in a request, found \(asleep.count)") }
-    print("io-wq workers asleep in a request: \(count) (\(asleep.joined(separator: ", ")))")
+    print("io-wq workers asleep in a request: \(asleep.count) (\(asleep.joined(separator: ", ")))")
 }
 guard send(peerB, "queued\n", 7, Int32(MSG_NOSIGNAL)) == 7 else { stop("send: \(describe(res: -errno))") }
 prepare(2571) { io_uring_prep_splice($0, socketA, -1, pipeFDs[1], -1, 64, 0) }
@@ -280,8 +276,15 @@ print("submitted: splice (socket B, 7 bytes -> pipe), user_data=2572")
 waitUntilAsleep(2)
 prepare(2573) { io_uring_prep_cancel64($0, 2572, 0) }
 submitAndReap(1, 1)
+@MainActor func queueTwoSplices(_ userData: UInt64) {  // no worker is free: they wait in io-wq's queue
+    for _ in 1...2 { prepare(userData) { io_uring_prep_splice($0, socketB, -1, pipeFDs[1], -1, 64, 0) } }
+}
+queueTwoSplices(2575)
+prepare(2576) { io_uring_prep_cancel64($0, 2575, Int32(IORING_ASYNC_CANCEL_ALL)) }
+submitAndReap(3, 3)  // both taken off the queue in one look: counted once
+queueTwoSplices(2572)
 prepare(2574) { io_uring_prep_cancel64($0, 2572, Int32(IORING_ASYNC_CANCEL_ALL)) }
-submitAndReap(1, 1)
+submitAndReap(3, 3)  // 2572 now names one running and two queued: the look finds one running, counts none
 print("CQEs ready: \(io_uring_cq_ready(ring))")
 answer = syncCancel(2572, flags: IORING_ASYNC_CANCEL_ALL, timeout: oneSecond)
 print("io_uring_register_sync_cancel(user_data=2572, ALL, timeout 1 s) = \(describe(res: answer.ret)) after \(answer.milliseconds) ms")
