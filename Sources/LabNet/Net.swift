@@ -170,7 +170,8 @@ public final class BurstClient: Sendable {
 /// the caller's thread, so that the server numbers connections in the order they were made; then
 /// a thread of its own: `.echoThenReset(bytes)` sends the bytes, reads the echo, and closes with
 /// SO_LINGER 0 (a reset, not a FIN); `.sendWithoutReading` writes 64 KiB at a time and never
-/// reads, until its socket has stayed full for 50 ms (2 s at most), then closes. `finish()` joins
+/// reads, until neither its sends nor the echoes arriving have moved for 100 ms (2 s at most; a
+/// slow server, as in an emulated guest, keeps it going), then closes. `finish()` joins
 /// the thread: whether the echo came back intact (always false for `.sendWithoutReading`).
 public final class DemoClient: Sendable {
     public enum Behaviour: Sendable { case echoThenReset([UInt8]), sendWithoutReading }
@@ -188,12 +189,18 @@ public final class DemoClient: Sendable {
                 echoed.store(sent == bytes.count && received == bytes.count && echo == bytes, ordering: .relaxed)
                 var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
                 setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-            case .sendWithoutReading:
+            case .sendWithoutReading:  // stuck: no send went through and no echo arrived for 100 ms
                 _ = fcntl(fd, F_SETFL, O_NONBLOCK)
                 let chunk = [UInt8](repeating: UInt8(ascii: "2"), count: 64 * 1024), giveUp = ContinuousClock.now + .seconds(2)
-                var writable = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                while ContinuousClock.now < giveUp
-                    && (send(fd, chunk, chunk.count, Int32(MSG_NOSIGNAL)) > 0 || errno == EAGAIN && poll(&writable, 1, 50) > 0) {}
+                var writable = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0), echoes: Int32 = 0, last: Int32 = 0
+                var progress = ContinuousClock.now
+                while ContinuousClock.now < giveUp {
+                    if send(fd, chunk, chunk.count, Int32(MSG_NOSIGNAL)) > 0 { progress = .now; continue }
+                    guard errno == EAGAIN, ioctl(fd, UInt(FIONREAD), &echoes) == 0 else { break }
+                    if echoes != last { (last, progress) = (echoes, .now) }  // the server is still echoing
+                    if echoes > 0 && ContinuousClock.now - progress >= .milliseconds(100) { break }
+                    _ = poll(&writable, 1, 10)
+                }
             }
         }
         thread.withLock { $0 = started }

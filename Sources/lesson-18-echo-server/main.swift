@@ -284,7 +284,7 @@ if portOption != nil || secondsOption != nil {
 //
 // They connect one at a time (LabNet's DemoClients 1 and 2 from this thread), so the accept queue
 // (first in, first out) gives them ids 1 to 10: 1 sends a line, reads the echo, resets; 2 sends and
-// never reads, until it is stuck for 50 ms, then closes; 3-10 are LabNet's EchoClients, every echo checked.
+// never reads, until it is stuck for 100 ms, then closes; 3-10 are LabNet's EchoClients, every echo checked.
 
 let started = clock.now
 server.traced = [1]
