@@ -1,7 +1,7 @@
 // Lesson 31: modern setup flags
 //
 // io_uring_setup(2) takes flags that change how a ring works, and the ones added from Linux
-// 5.18 to 6.1 are what a modern program sets (lesson 37 measures them):
+// 5.18 to 6.1 are what a modern program sets (lesson 37, coming later, measures them):
 //   SUBMIT_ALL (5.18)     a bad SQE in a batch no longer stops the submit;
 //   COOP_TASKRUN (5.19)   completion work sends no IPI to a task running in user space;
 //   TASKRUN_FLAG (5.19)   IORING_SQ_TASKRUN in the SQ ring's flags says such work is pending;
