@@ -36,11 +36,9 @@ let ring = makeRing(entries: 8)
 requireOpcodes(ring, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE, IORING_OP_LINK_TIMEOUT,
                IORING_OP_READ, IORING_OP_NOP)
 
-// A CQE names its request only by user_data (lesson 03). Every request here has a fixed one,
-// and the tens say which experiment it belongs to, in the order they run: 11 is section 2's
-// timer, 21 to 24 section 3's count and its NOPs, ..., 111 to 113 the last experiment of
-// section 8. This table is the lesson's record of what each one is; every CQE is printed with
-// its place in arrival order and that name, e.g. `CQE 2: NOP 1: user_data=22 res=0 flags=0`.
+// A CQE names its request only by user_data (lesson 03). Each request has a fixed one whose
+// tens say which experiment it belongs to (11: section 2, ..., 111 to 113: section 8's last).
+// Every CQE is printed with its place in arrival order and its name from this table.
 let requestNames: [UInt64: String] = [
     11: "timeout 30 ms",
     21: "timeout count 3", 22: "NOP 1", 23: "NOP 2", 24: "NOP 3",
@@ -56,14 +54,12 @@ let requestNames: [UInt64: String] = [
 ]
 func name(_ cqe: io_uring_cqe) -> String { requestNames[cqe.user_data] ?? "?" }
 
-// SQEs come from `getSQE` (io_uring_get_sqe, or an error line if the SQ is full). Every
-// experiment submits with io_uring_submit (checkSubmit: exit 1 unless the kernel took them
-// all) and reaps all its CQEs with `waitCQE` (io_uring_wait_cqe, a copy, io_uring_cqe_seen)
-// before the next takes an SQE. At most 4 SQEs at a time, on a ring of 8: the SQ is never full.
+// Every experiment reaps all its CQEs before the next takes an SQE: at most 4 SQEs at a time,
+// on a ring of 8, so the SQ is never full.
 
 // Every timeout SQE holds the address of a `__kernel_timespec`, which must stay put until the
-// request's CQE (section 2). The lesson's times are allocated here, once, and freed in section
-// 9, after the last CQE; requests with the same time share one, which the kernel only reads.
+// request's CQE (section 2). The times are allocated here and freed in section 9; requests
+// with the same time share one, which the kernel only reads.
 
 /// A relative time for the kernel, on the heap: it stays at one address until deallocated.
 func makeTimespec(_ time: Duration) -> UnsafeMutablePointer<__kernel_timespec> {
@@ -77,10 +73,7 @@ let ms30 = makeTimespec(.milliseconds(30)), ms50 = makeTimespec(.milliseconds(50
 let ms100 = makeTimespec(.milliseconds(100)), s1 = makeTimespec(.seconds(1)), s10 = makeTimespec(.seconds(10))
 
 let clock = ContinuousClock()
-func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
-    let elapsed = (clock.now - start).components
-    return elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000
-}
+func milliseconds(since start: ContinuousClock.Instant) -> Int64 { Int64((clock.now - start) / .milliseconds(1)) }
 
 // MARK: - 2. A timer: IORING_OP_TIMEOUT with count 0
 //
@@ -88,8 +81,7 @@ func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
 // when `ts` has passed (relative to the submit, on CLOCK_MONOTONIC), with res -ETIME. For a
 // timer that is the normal result, not a failure. The SQE holds only the address of `ts`.
 // (Since 5.5, IORING_FEAT_SUBMIT_STABLE, the kernel copies the timespec when it takes the SQE;
-// 5.4 read it later. Keeping it until the CQE is right on every kernel, and it is the rule
-// that buffers, which the kernel fills while a request runs, always need.)
+// 5.4 read it later. Keeping it until the CQE is right on every kernel, as for any buffer.)
 
 print("a timer: IORING_OP_TIMEOUT of 30 ms, count 0")
 var sqe = getSQE(ring)
@@ -104,18 +96,12 @@ print("it arrived \(milliseconds(since: started)) ms after the submit")
 // MARK: - 3. A completion count: IORING_OP_TIMEOUT with count 3
 //
 // With count N the timeout also watches the CQ: it completes with res 0 as soon as N other
-// CQEs have been posted after it was submitted, or with -ETIME if the time runs out first.
-// Nearly every CQE counts; the exceptions are the CQEs of timeouts that expired or were
-// completed by their own count (section 8 measures which). We give it a whole second, then
-// three NOPs in the same submit. The NOPs complete at once, their three CQEs meet the count,
-// and the timeout completes with 0 long before its second is up. (The time is only a safety
-// net: if the count were never met it would still end.)
-//
-// From here on a timeout is queued with `queueTimeout`: the three calls of section 2.
+// CQEs have been posted after it was submitted, or with -ETIME if the time runs out first
+// (nearly every CQE counts: section 8 measures which do not). We give it a whole second, a
+// safety net, then three NOPs in the same submit: their CQEs meet the count at once.
 
 /// Queue an IORING_OP_TIMEOUT of `ts` that a `count` of other CQEs completes too (0: a timer).
-func queueTimeout(_ ring: Ring, _ ts: UnsafeMutablePointer<__kernel_timespec>, count: UInt32,
-                  userData: UInt64) {
+func queueTimeout(_ ring: Ring, _ ts: UnsafeMutablePointer<__kernel_timespec>, count: UInt32, userData: UInt64) {
     let sqe = getSQE(ring)
     io_uring_prep_timeout(sqe, ts, count, 0)
     io_uring_sqe_set_data64(sqe, userData)
@@ -136,15 +122,12 @@ for n in 1...4 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 // `io_uring_prep_timeout_remove(sqe, user_data, 0)` finds the pending timeout that was
 // submitted with that user_data and cancels it. Two CQEs answer: the timeout's, with
 // -ECANCELED, and the remove's own, with 0. We submit a 10 s timer, then, in a second
-// submit, the remove: the timer has no chance to fire first. Both CQEs are posted during the
-// second submit. Their order is not promised; on 6.18 the remove's comes first, because the
-// remove completes on the spot and the cancelled timeout is completed just after it.
+// submit, the remove. Their order is not promised; on 6.18 the remove's comes first: it
+// completes on the spot, and the cancelled timeout just after it.
 //
-// A user_data that matches no pending timeout gives -ENOENT: here the timer of section 2,
-// which fired long ago, and 999, which was never used. (A timeout caught at the very moment
-// it fires gives -EALREADY: too late to cancel, its CQE is on the way. That is what
-// man 3 io_uring_prep_timeout_remove and the kernel's code say; man 2 io_uring_enter says
-// -EBUSY.)
+// A user_data that matches no pending timeout gives -ENOENT: here section 2's timer, which
+// fired long ago, and 999, never used. (A timeout caught as it fires gives -EALREADY, says
+// man 3 io_uring_prep_timeout_remove and the kernel's code; man 2 io_uring_enter says -EBUSY.)
 
 /// Queue an IORING_OP_TIMEOUT_REMOVE of the timeout submitted with user_data `target`.
 func queueTimeoutRemove(_ ring: Ring, _ target: UInt64, userData: UInt64) {
@@ -172,22 +155,19 @@ for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 // and the next SQE is `io_uring_prep_link_timeout(sqe, ts, 0)`. Both go in with one submit.
 // (A link timeout needs a request before it in the same chain; on its own it is -EINVAL.)
 //
-// The request is a read from a pipe nobody writes to: it can only wait. (A pipe has no
-// offsets; the 0 we pass is ignored.) After 50 ms the timer fires, the kernel cancels the
-// read, and two CQEs come back: the read with -ECANCELED and the link timeout with -ETIME.
-// The read buffer, like the timespec, stays allocated until the read's CQE (here: until the
-// end, for the reads of sections 6 and 8 too).
+// The request is a read from a pipe nobody writes to (a pipe has no offsets; the 0 is
+// ignored): it can only wait. After 50 ms the timer fires, the kernel cancels the read, and
+// two CQEs come back: the read with -ECANCELED and the link timeout with -ETIME. The read
+// buffer stays allocated until the read's CQE (here: until the end, sections 6 and 8 read too).
 //
-// Who wins is certain: the read cannot complete. Which CQE comes first is not promised by
-// io_uring. On 6.18 (and 6.12) it is the link timeout's: the expired timer completes the link
-// timeout and asks for the read to be cancelled, and the read's cancellation completes after
-// that. On Debian 12's 6.1 it is the read's: there the cancelled read's CQE is written at once,
-// while the link timeout's waits in a batch until the kernel's task work is done (the prose's
-// Kernel section has the commits). Match CQEs by user_data, never by their position.
+// Who wins is certain; which CQE comes first is not promised. On 6.18 (and 6.12) it is the
+// link timeout's, which asks for the read's cancellation; on Debian 12's 6.1 the read's (the
+// prose's Kernel section says why). Match CQEs by user_data, never by their position.
 
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 let (pipeRead, pipeWrite) = (pipeFDs[0], pipeFDs[1])
+func stop(_ message: String) -> Never { close(pipeRead); close(pipeWrite); fail(message) }
 let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
 
 /// Queue a read of `fd` into `buffer` (user_data `read`) linked to a link timeout of `deadline`
@@ -211,23 +191,14 @@ for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 // MARK: - 6. The other order: the read wins
 //
 // The same pair, but first we put 6 bytes into the pipe with a plain write(2). Now the read
-// has data the moment the kernel issues it and completes during the submit itself. The read's
-// res is the byte count, and the link timeout completes with -ECANCELED: it was cancelled
-// because the request it guarded finished first.
-//
-// This too is a race, and the margin decides it: the read has its data at once, the timer
-// has 50 ms, so the read wins on any machine (exercise 2 shrinks the margin). The order of
-// the two CQEs is again the kernel's: on 6.18 the read's, then the link timeout's, because
-// the read's completion is what cancels the timer.
+// completes during the submit itself with the byte count, and the link timeout with
+// -ECANCELED: the request it guarded finished first. A race still, but the read has its data
+// at once and the timer 50 ms, so the read wins on any machine (exercise 2 shrinks the
+// margin). On 6.18 the read's CQE comes first: its completion is what cancels the timer.
 
 print("the same pair with 6 bytes already in the pipe")
 let ready = Array("ready\n".utf8)
-guard write(pipeWrite, ready, ready.count) == ready.count else {
-    let error = errno
-    close(pipeRead)
-    close(pipeWrite)
-    fail("write to the pipe: \(describe(res: -error))")
-}
+guard write(pipeWrite, ready, ready.count) == ready.count else { stop("write to the pipe: \(describe(res: -errno))") }
 queueRead(ring, pipeRead, readBuffer, read: 61, deadline: ms50)
 checkSubmit(io_uring_submit(ring), 2)
 var bytesRead: Int32 = 0
@@ -244,9 +215,8 @@ if bytesRead > 0 { print("read: \(quoted(readBuffer.prefix(Int(bytesRead))))") }
 // If no CQE arrives in time it *returns* -ETIME: that is the return value of the call, not a
 // CQE, and the CQ stays empty. Here nothing is in flight, so it must time out.
 //
-// Since 5.11 (IORING_FEAT_EXT_ARG) liburing hands the time to io_uring_enter(2) directly.
-// On older kernels it takes an SQE of our ring for an IORING_OP_TIMEOUT of its own (user_data
-// LIBURING_UDATA_TIMEOUT) and submits it: so `ts` follows the same rule as every timespec.
+// Since 5.11 (IORING_FEAT_EXT_ARG) liburing hands the time to io_uring_enter(2); before, it
+// submits an IORING_OP_TIMEOUT of its own (LIBURING_UDATA_TIMEOUT), so `ts` must stay put too.
 
 print("io_uring_wait_cqe_timeout of 20 ms with nothing in flight")
 var cqePointer: UnsafeMutablePointer<io_uring_cqe>?
@@ -255,19 +225,16 @@ var ret = io_uring_wait_cqe_timeout(ring, &cqePointer, ms20)
 print("io_uring_wait_cqe_timeout = \(describe(res: ret)) after \(milliseconds(since: started)) ms; "
     + "CQEs ready: \(io_uring_cq_ready(ring))")
 
-// When a CQE does arrive in time, the call returns 0 and hands it over like io_uring_wait_cqe.
-// A 30 ms timer is in flight and we wait up to 1 s: the call returns 0, and it is the CQE
-// whose res is -ETIME. The two -ETIMEs mean different things: "the wait ran out" is the
-// return value, "the timer ran out" is a CQE's res.
+// When a CQE arrives in time, the call returns 0 and hands it over like io_uring_wait_cqe.
+// With a 30 ms timer in flight and 1 s to wait: 0, and a CQE whose res is -ETIME. "The wait
+// ran out" is the return value, "the timer ran out" is a CQE's res.
 
 print("io_uring_wait_cqe_timeout of 1 s with a 30 ms timer in flight")
 queueTimeout(ring, ms30, count: 0, userData: 71)
 checkSubmit(io_uring_submit(ring), 1)
 ret = io_uring_wait_cqe_timeout(ring, &cqePointer, s1)
 guard ret == 0, let pointer = cqePointer else {
-    close(pipeRead)
-    close(pipeWrite)
-    fail("io_uring_wait_cqe_timeout returned \(describe(res: ret)) with a timer in flight")
+    stop("io_uring_wait_cqe_timeout returned \(describe(res: ret)) with a timer in flight")
 }
 cqe = pointer.pointee
 io_uring_cqe_seen(ring, pointer)
@@ -323,9 +290,7 @@ io_uring_sqe_set_data64(sqe, 113)
 checkSubmit(io_uring_submit(ring), 3)
 for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
-// MARK: - 9. Cleaning up
-//
-// Every request has completed, so nothing points into our memory any more.
+// MARK: - 9. Cleaning up: every request has completed, nothing points into our memory any more.
 
 for ts in [ms10, ms20, ms30, ms50, ms100, s1, s10] { ts.deallocate() }
 readBuffer.deallocate()
