@@ -120,8 +120,8 @@ print("SQ index array after setup: array[0...\(params.sq_entries - 1)] = " + ind
 // with nothing but NOPs and no SQPOLL, the kernel moves them only inside the io_uring_enter
 // calls this thread makes, and each call has returned before we look. (In general a request
 // can complete at any time, from an interrupt or a kernel worker; that is why liburing reads
-// the CQ tail with an acquire load, as io_uring_cq_ready below does. Lesson 32, coming
-// later, does it all by hand.)
+// the CQ tail with an acquire load, as io_uring_cq_ready below does.
+// Lesson 32, coming later, does it all by hand.)
 //
 //   io_uring_get_sqe  checks there is room (its own tail minus the SQ head < ring_entries),
 //                     returns &sqes[tail & ring_mask] and bumps its *own* tail. It stores
