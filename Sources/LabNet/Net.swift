@@ -262,6 +262,16 @@ public func makeBufferRing(_ ring: Ring, entries: UInt32, bufferSize: Int, group
     return bufferRing
 }
 
+/// Queue a send of `text` from `fd` through the ring (lessons 20, 21, where the send is not the
+/// subject): its bytes are copied to `outgoing`, which must stay put until this send's CQE.
+public func queueSend(_ ring: Ring, _ fd: Int32, _ text: String, _ outgoing: UnsafeMutableRawBufferPointer, userData: UInt64) {
+    let bytes = Array(text.utf8)
+    outgoing.copyBytes(from: bytes)
+    let sqe = getSQE(ring)
+    io_uring_prep_send(sqe, fd, outgoing.baseAddress, bytes.count, 0)
+    io_uring_sqe_set_data64(sqe, userData)
+}
+
 // MARK: - The ring seen from /proc: witnesses that a request waits without a thread (17, 26)
 
 /// The opcodes in the ring fd's fdinfo "PollList:" (a debugging aid of the kernel's), sorted.

@@ -228,15 +228,8 @@ func printRecv(_ cqe: io_uring_cqe, _ label: String, _ pool: UnsafeMutableRawBuf
 
 let outgoing = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
 
-/// Queue a send of `text` from `fd` (its bytes copied to `outgoing`, which must then stay put
-/// until this send's CQE).
-func queueSend(_ ring: Ring, _ fd: Int32, _ text: String, _ outgoing: UnsafeMutableRawBufferPointer, userData: UInt64) {
-    let bytes = Array(text.utf8)
-    outgoing.copyBytes(from: bytes)
-    let sqe = getSQE(ring)
-    io_uring_prep_send(sqe, fd, outgoing.baseAddress, bytes.count, 0)
-    io_uring_sqe_set_data64(sqe, userData)
-}
+// LabNet's `queueSend(ring, fd, text, outgoing, userData:)` copies `text` into `outgoing` and
+// queues an IORING_OP_SEND of it; `outgoing` stays put until the send's CQE.
 
 /// Send `text` from the client, wait for the send's CQE, then submit a recv and print its CQE.
 func sendThenRecv(_ ring: Ring, _ text: String, send: UInt64, recv: UInt64, _ pool: UnsafeMutableRawBufferPointer,
