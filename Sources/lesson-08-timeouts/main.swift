@@ -167,6 +167,7 @@ for n in 1...2 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 var pipeFDs: [Int32] = [-1, -1]
 guard pipe(&pipeFDs) == 0 else { fail("pipe: \(describe(res: -errno))") }
 let (pipeRead, pipeWrite) = (pipeFDs[0], pipeFDs[1])
+/// Close the pipe, then fail: no error leaves its fds open.
 func stop(_ message: String) -> Never { close(pipeRead); close(pipeWrite); fail(message) }
 let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
 
@@ -290,7 +291,9 @@ io_uring_sqe_set_data64(sqe, 113)
 checkSubmit(io_uring_submit(ring), 3)
 for n in 1...3 { cqe = waitCQE(ring); printCQE(cqe, "CQE \(n): \(name(cqe))") }
 
-// MARK: - 9. Cleaning up: every request has completed, nothing points into our memory any more.
+// MARK: - 9. Cleaning up
+//
+// Every request has completed: nothing points into our memory any more.
 
 for ts in [ms10, ms20, ms30, ms50, ms100, s1, s10] { ts.deallocate() }
 readBuffer.deallocate()

@@ -35,7 +35,7 @@ requireOpcodes(ring, IORING_OP_SPLICE, IORING_OP_TEE)
 
 // The default source: 200 lines of 50 bytes, 10000 bytes in all, less than a pipe holds
 // (64 KiB by default), so one splice moves it all. A larger file goes a pipe-full per round.
-let defaultText = (1...200).flatMap { line in
+let defaultText = (1...200).flatMap { line in  // line numbers zero-padded: 001 to 200
     Array("line \(String(1000 + line).dropFirst()) of 200: moved by splice and tee, no copy\n".utf8)
 }
 let sourcePath = arguments.first ?? makeTempFile(named: "source.txt", contents: defaultText)
@@ -147,8 +147,8 @@ func roundsNotShown(_ rounds: Int) { if rounds > shownRounds { print("... \(roun
 // We give every file an explicit offset, so nothing depends on a file position.
 //
 // io_uring_prep_tee(sqe, fd_in, fd_out, nbytes, flags) is tee(2): both fds are pipes; it
-// duplicates up to nbytes of fd_in into fd_out without consuming them (FIONREAD shows both
-// pipes full). The flags take splice(2)'s SPLICE_F_* (SPLICE_F_FD_IN_FIXED: lesson 13).
+// duplicates up to nbytes of fd_in into fd_out without consuming them (FIONREAD then shows
+// the same bytes in both pipes). The flags take splice(2)'s SPLICE_F_* (SPLICE_F_FD_IN_FIXED: lesson 13).
 //
 // Each request waits for the one before (the tee needs pipe A's data, which must not be
 // drained before the tee), so each is submitted alone and reaped before the next is prepared.
@@ -192,12 +192,13 @@ roundsNotShown(rounds)
 //
 // "Succeeded" means: it moved every byte it was asked to; a *short* splice fails the chain
 // and the linked splice is cancelled. So the first asks for no more than the file still holds
-// from that offset and the pipe can take (a splice into a full pipe stops short).
+// from that offset and the pipe can take (a splice into a pipe stops, short, when the pipe fills).
 
 /// Copies the source into `copy` through `pipe`, one chain per round: a splice into the pipe
 /// (user_data `first`, IOSQE_IO_LINK), then one out of it (`first + 1`). Round n (from 0) asks
-/// for `want(n)` bytes. If a short splice breaks the chain, a lone splice moves on what it left
-/// in the pipe (`first + 2`, section 5), and the next round starts after those bytes.
+/// for `want(n)` bytes, at most what the file still holds. If a short splice breaks the chain (in
+/// section 5 only: section 4's rounds fit pipe A), a lone splice moves on what it left in the pipe
+/// (`first + 2`), and the next round starts after those bytes.
 func copyInChains(_ ring: Ring, through pipe: Pipe, to copy: Destination, first: UInt64, asking: String = "",
                   want wantInRound: (Int) -> Int) {
     var offset = 0, rounds = 0
@@ -292,8 +293,10 @@ for destination in [spliceCopy, teeCopy, linkedCopy, smallPipeCopy] {
         + (difference.map { "differs from the source at byte \($0)" } ?? "identical to the source"))
 }
 
-// MARK: - 7. Cleaning up: every request has completed, so none will look these fds up any
-// more. Closing both ends of each pipe frees its buffers (and the page references they held).
+// MARK: - 7. Cleaning up
+//
+// Every request has completed, so none will look these fds up any more. Closing both ends of
+// each pipe frees its buffers (and the page references they held).
 
 closeAll()
 destroyRing(ring)
